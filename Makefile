@@ -1,0 +1,34 @@
+# One-command entry points; each installs what it needs (uv, the locked environment, data) itself.
+UV := ./scripts/uv.sh
+export UV_PYTHON_DOWNLOADS := never
+
+.PHONY: demo test lint typecheck proto check-proto sync sync-train clean
+
+sync:            ## the torch-free server and client with the dev tools
+	$(UV) sync --frozen --extra dev
+
+sync-train:      ## everything: training, export, server, dev tools (torch from PyPI)
+	$(UV) sync --frozen --extra train --extra dev
+
+demo: sync-train ## train on Fashion-MNIST, export, serve, call Sample and Interpolate, write PNGs
+	$(UV) run --frozen --no-sync python scripts/demo.py
+
+test: sync-train ## the whole test suite
+	$(UV) run --frozen --no-sync python -m pytest -q
+
+lint: sync-train
+	$(UV) run --frozen --no-sync ruff check .
+	$(UV) run --frozen --no-sync ruff format --check .
+	$(UV) run --frozen --no-sync mypy
+
+proto: sync-train ## regenerate the committed gRPC stubs
+	$(UV) run --frozen --no-sync bash proto/generate.sh
+
+check-proto: proto ## fail when the committed stubs differ from what the .proto generates
+	git diff --exit-code -- server/proto_gen || \
+	  (echo "server/proto_gen is stale: run 'make proto' and commit the result" >&2; exit 1)
+	test -z "$$(git status --porcelain -- server/proto_gen)" || \
+	  (echo "server/proto_gen has untracked generated files: run 'make proto' and commit" >&2; exit 1)
+
+clean:
+	rm -rf runs model_repository demo_output .pytest_cache .ruff_cache .mypy_cache

@@ -1,0 +1,1 @@
+"""Torch-free serving of exported VAEs: model repository, onnxruntime runtime, gRPC service, client."""

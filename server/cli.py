@@ -1,0 +1,32 @@
+"""`vae-serve`: serve a model repository over gRPC until SIGTERM."""
+
+from __future__ import annotations
+
+import logging
+import sys
+
+from server.app import StartupError, VaeServer
+from server.settings import build_parser, settings_from_args
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    settings = settings_from_args(args)
+    logging.basicConfig(
+        level=settings.log_level.upper(),
+        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
+    )
+    server = VaeServer(settings)
+    try:
+        server.start()
+    except StartupError as exc:
+        logging.getLogger("vae-serve").error("%s", exc)
+        return 2
+    server.install_signal_handlers()
+    print(f"vae-serve: listening on {settings.host}:{server.port}", flush=True)
+    server.wait()
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,29 @@
+"""Errors the data plane raises, each carrying the gRPC status code name it maps to (no grpc import)."""
+
+from __future__ import annotations
+
+
+class ServiceError(Exception):
+    """A request failed in a way the caller can act on; `code` is a grpc.StatusCode member name."""
+
+    code = "INTERNAL"
+
+    def __init__(self, message: str) -> None:
+        super().__init__(message)
+        self.message = message
+
+
+class InvalidArgument(ServiceError):
+    code = "INVALID_ARGUMENT"
+
+
+class NotFound(ServiceError):
+    code = "NOT_FOUND"
+
+
+class ResourceExhausted(ServiceError):
+    code = "RESOURCE_EXHAUSTED"
+
+
+class Unavailable(ServiceError):
+    code = "UNAVAILABLE"

@@ -1,0 +1,1 @@
+"""Generated protobuf and gRPC stubs for vae.v1 (see proto/generate.sh)."""

@@ -1,0 +1,234 @@
+"""The data plane: validates plain-array requests, runs the model, and returns plain arrays.
+
+It knows nothing of gRPC; the servicer converts protobuf to the arguments here and back. Every refusal
+raises a ServiceError whose message says what was wrong and what is allowed.
+"""
+
+from __future__ import annotations
+
+import math
+import secrets
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+import numpy as np
+
+from server import latent
+from server.errors import InvalidArgument, ResourceExhausted
+from server.metrics import Metrics
+from server.model_store import ModelStore
+from server.runtime import ModelRuntime
+from server.settings import Limits
+
+MAX_SEED = 2**63 - 1
+
+
+@dataclass(frozen=True)
+class Encoded:
+    mean: np.ndarray  # (N, D)
+    log_variance: np.ndarray | None  # (N, D); None for autoencoders
+    latents: np.ndarray | None  # (N, D) when sampling was asked for
+    runtime: ModelRuntime
+
+
+@dataclass(frozen=True)
+class Generated:
+    images: np.ndarray  # (N, C, H, W) in [0, 1]
+    latents: np.ndarray  # (N, D)
+    runtime: ModelRuntime
+    seed: int = 0
+
+
+class DataPlane:
+    """Encode, Decode, Sample and Interpolate over the models of a ModelStore."""
+
+    def __init__(self, store: ModelStore, limits: Limits, metrics: Metrics) -> None:
+        self.store = store
+        self.limits = limits
+        self.metrics = metrics
+
+    # --- model calls, timed -------------------------------------------------------------------
+
+    def _encode(self, runtime: ModelRuntime, images: np.ndarray, labels: np.ndarray | None):
+        start = time.perf_counter()
+        result = runtime.encode(images, labels)
+        self.metrics.observe_inference(
+            runtime.metadata.name, "encoder", len(images), time.perf_counter() - start
+        )
+        return result
+
+    def _decode(self, runtime: ModelRuntime, latents: np.ndarray, labels: np.ndarray | None):
+        start = time.perf_counter()
+        images = runtime.decode(latents, labels)
+        self.metrics.observe_inference(
+            runtime.metadata.name, "decoder", len(latents), time.perf_counter() - start
+        )
+        return images
+
+    # --- validation -----------------------------------------------------------------------------
+
+    def _check_rows(self, rows: int, what: str) -> None:
+        if rows > self.limits.max_batch:
+            raise ResourceExhausted(
+                f"{what}: {rows} rows is over this server's limit of {self.limits.max_batch} per "
+                "request; split the request"
+            )
+
+    def _labels(self, runtime: ModelRuntime, labels: Sequence[int], rows: int) -> np.ndarray | None:
+        meta = runtime.metadata
+        if not meta.conditional:
+            if len(labels):
+                raise InvalidArgument(f"model {meta.name!r} is not conditional; send no labels")
+            return None
+        if len(labels) != rows:
+            raise InvalidArgument(
+                f"model {meta.name!r} is conditional: send one label per row ({rows}), got "
+                f"{len(labels)}"
+            )
+        array = np.asarray(labels, dtype=np.int64)
+        bad = array[(array < 0) | (array >= meta.num_classes)]
+        if bad.size:
+            raise InvalidArgument(
+                f"label {int(bad[0])} is out of range; model {meta.name!r} has classes "
+                f"0..{meta.num_classes - 1}"
+            )
+        return array
+
+    def _check_images(self, runtime: ModelRuntime, images: np.ndarray, what: str) -> None:
+        expected = runtime.metadata.image_shape
+        if images.ndim != 4 or tuple(images.shape[1:]) != tuple(expected):
+            raise InvalidArgument(
+                f"{what}: shape {list(images.shape)} does not fit model "
+                f"{runtime.metadata.name!r}; expected [N, {', '.join(map(str, expected))}]"
+            )
+
+    def _check_latents(self, runtime: ModelRuntime, latents: np.ndarray, what: str) -> None:
+        dim = runtime.metadata.latent_dim
+        if latents.ndim != 2 or latents.shape[1] != dim:
+            raise InvalidArgument(
+                f"{what}: shape {list(latents.shape)} does not fit model "
+                f"{runtime.metadata.name!r}; expected [N, {dim}]"
+            )
+
+    def _seed(self, seed: int | None) -> int:
+        if seed is None:
+            return secrets.randbits(63)
+        if not 0 <= seed <= MAX_SEED:
+            raise InvalidArgument(f"seed {seed} is out of range 0..{MAX_SEED}")
+        return seed
+
+    # --- RPCs -----------------------------------------------------------------------------------
+
+    def encode(
+        self,
+        runtime: ModelRuntime,
+        images: np.ndarray,
+        labels: Sequence[int] = (),
+        sample: bool = False,
+        seed: int | None = None,
+    ) -> Encoded:
+        self._check_images(runtime, images, "images")
+        self._check_rows(len(images), "images")
+        label_array = self._labels(runtime, labels, len(images))
+        mean, log_variance = self._encode(runtime, images, label_array)
+        latents = None
+        if sample:
+            if log_variance is None:
+                raise InvalidArgument(
+                    f"model {runtime.metadata.name!r} is a plain autoencoder with no posterior "
+                    "variance to sample from; leave sample unset"
+                )
+            latents = latent.reparameterise(mean, log_variance, self._seed(seed))
+        return Encoded(mean, log_variance, latents, runtime)
+
+    def decode(
+        self, runtime: ModelRuntime, latents: np.ndarray, labels: Sequence[int] = ()
+    ) -> Generated:
+        self._check_latents(runtime, latents, "latents")
+        self._check_rows(len(latents), "latents")
+        label_array = self._labels(runtime, labels, len(latents))
+        images = self._decode(runtime, latents, label_array)
+        return Generated(images, latents, runtime)
+
+    def sample(
+        self,
+        runtime: ModelRuntime,
+        count: int,
+        seed: int | None = None,
+        temperature: float = 0.0,
+        label: int | None = None,
+    ) -> Generated:
+        limit = self.limits.max_samples
+        if count <= 0:
+            raise InvalidArgument(f"count must be between 1 and {limit}, got {count}")
+        if count > limit:
+            raise ResourceExhausted(
+                f"count {count} is over this server's limit of {limit} samples per request; "
+                "ask in several requests"
+            )
+        if temperature == 0.0:
+            temperature = 1.0
+        if not math.isfinite(temperature) or not 0.0 < temperature <= self.limits.max_temperature:
+            raise InvalidArgument(
+                f"temperature must be in (0, {self.limits.max_temperature}] (0 means 1.0), "
+                f"got {temperature}"
+            )
+        meta = runtime.metadata
+        if meta.conditional and label is None:
+            raise InvalidArgument(
+                f"model {meta.name!r} is conditional: set label to a class in 0..{meta.num_classes - 1}"
+            )
+        labels = self._labels(runtime, [] if label is None else [label] * count, count)
+        used_seed = self._seed(seed)
+        latents = latent.sample_prior(count, meta.latent_dim, used_seed, temperature)
+        images = self._decode(runtime, latents, labels)
+        self.metrics.samples.labels(meta.name).inc(count)
+        return Generated(images, latents, runtime, used_seed)
+
+    def interpolate(
+        self,
+        runtime: ModelRuntime,
+        steps: int,
+        spherical: bool,
+        start_image: np.ndarray | None = None,
+        end_image: np.ndarray | None = None,
+        start_latent: np.ndarray | None = None,
+        end_latent: np.ndarray | None = None,
+        label: int | None = None,
+    ) -> Generated:
+        """Decode `steps` points between two latents, or between the posterior means of two images."""
+        limit = self.limits.max_interpolation_steps
+        if not 2 <= steps <= limit:
+            raise InvalidArgument(f"steps must be between 2 and {limit}, got {steps}")
+        meta = runtime.metadata
+        if meta.conditional and label is None:
+            raise InvalidArgument(
+                f"model {meta.name!r} is conditional: set label to a class in 0..{meta.num_classes - 1}"
+            )
+        endpoint_labels = self._labels(runtime, [] if label is None else [label, label], 2)
+        if start_image is not None and end_image is not None:
+            pair = []
+            for what, image in (("images.start", start_image), ("images.end", end_image)):
+                batch = image[None] if image.ndim == 3 else image
+                self._check_images(runtime, batch, what)
+                if len(batch) != 1:
+                    raise InvalidArgument(f"{what}: send one image, got {len(batch)}")
+                pair.append(batch)
+            mean, _ = self._encode(runtime, np.concatenate(pair), endpoint_labels)
+            start, end = mean[0], mean[1]
+        elif start_latent is not None and end_latent is not None:
+            ends = []
+            for what, vector in (("latents.start", start_latent), ("latents.end", end_latent)):
+                row = vector[None] if vector.ndim == 1 else vector
+                self._check_latents(runtime, row, what)
+                if len(row) != 1:
+                    raise InvalidArgument(f"{what}: send one latent vector, got {len(row)}")
+                ends.append(row[0])
+            start, end = ends
+        else:
+            raise InvalidArgument("set either images (start and end) or latents (start and end)")
+        path = (latent.slerp if spherical else latent.lerp)(start, end, steps)
+        labels = None if endpoint_labels is None else np.full(steps, label, dtype=np.int64)
+        images = self._decode(runtime, path, labels)
+        return Generated(images, path, runtime)
