@@ -49,7 +49,8 @@ def wait_serving(address: str, process: subprocess.Popen, timeout: float = 60) -
         assert reply.status == health_pb2.HealthCheckResponse.SERVING
 
 
-def test_sigterm_drains_and_exits_zero(repository):
+def serve_then_sigterm(repository: Path) -> tuple[int, str]:
+    """Start vae-serve, wait until it reports SERVING, send SIGTERM; (exit code, its output)."""
     process, address = start_server(repository)
     try:
         wait_serving(address, process)
@@ -57,7 +58,12 @@ def test_sigterm_drains_and_exits_zero(repository):
         output, _ = process.communicate(timeout=30)
     finally:
         process.kill()
-    assert process.returncode == 0, output
+    return process.returncode, output
+
+
+def test_sigterm_drains_and_exits_zero(repository):
+    code, output = serve_then_sigterm(repository)
+    assert code == 0, output
     assert "draining" in output and "stopped" in output
 
 
@@ -93,13 +99,7 @@ def test_corrupt_model_is_skipped_and_the_rest_serve(tmp_path, repository):
     (repo / "broken" / "1" / "decoder.onnx").write_bytes(b"garbage")
     meta = (repo / "broken" / "1" / "model.json").read_text().replace('"tiny-ae"', '"broken"')
     (repo / "broken" / "1" / "model.json").write_text(meta)
-    process, address = start_server(repo)
-    try:
-        wait_serving(address, process)
-        process.send_signal(signal.SIGTERM)
-        output, _ = process.communicate(timeout=30)
-    finally:
-        process.kill()
+    _, output = serve_then_sigterm(repo)
     assert "skipping broken/1" in output and "cannot load this graph" in output
     assert "serving tiny-vae" in output
 
