@@ -12,7 +12,8 @@
 # CUDA and cuDNN. uv.lock pins onnxruntime-gpu 1.31.1, which is built for CUDA 13 and cuDNN 9: the
 # wheel's onnxruntime/capi/build_and_package_info.py says cuda_version = '13.0', its
 # libonnxruntime_providers_cuda.so links libcudart.so.13 and libcublas.so.13, and its `cudnn` extra
-# asks for nvidia-cudnn-cu13~=9.0. ONNX Runtime's "CUDA Execution Provider" requirements page adds that
+# asks for nvidia-cudnn-cu13~=9.0; without them it logs "Failed to create CUDAExecutionProvider.
+# Require cuDNN 9.* and CUDA 13.*". ONNX Runtime's "CUDA Execution Provider" requirements page adds that
 # a build for CUDA 13.x runs on any 13.x (minor version compatibility) and that cuDNN 8 and 9 are
 # not interchangeable. Hence CUDA 13 + cuDNN 9 below, which needs an NVIDIA driver >= 580 on the node.
 # ONNXRUNTIME_GPU_VERSION records what this was checked against; a test fails when uv.lock moves on.
@@ -34,7 +35,8 @@ ENV UV_PYTHON_INSTALL_DIR=/opt/python \
     UV_PYTHON_PREFERENCE=only-managed \
     UV_COMPILE_BYTECODE=1 \
     UV_LINK_MODE=copy \
-    UV_PROJECT_ENVIRONMENT=/opt/venv
+    UV_PROJECT_ENVIRONMENT=/opt/venv \
+    NO_TORCH="import importlib.util, sys; sys.exit('torch in a serving image' if importlib.util.find_spec('torch') else 0)"
 ARG PYTHON_VERSION
 RUN uv python install "${PYTHON_VERSION}"
 WORKDIR /src
@@ -42,6 +44,7 @@ WORKDIR /src
 # serve-env: the server's environment for the GPU image. onnxruntime-gpu provides the same module as
 # onnxruntime, so the CPU wheel is left out rather than installed and then overwritten. Only server/
 # is copied in, so the installed project holds the server package and nothing of training or export.
+# The build fails if torch got in anyway, or if the vae-serve entry point does not import.
 FROM build AS serve-env
 RUN --mount=type=cache,target=/root/.cache/uv \
     --mount=type=bind,source=uv.lock,target=uv.lock \
@@ -51,7 +54,9 @@ COPY pyproject.toml uv.lock README.md ./
 COPY server ./server
 RUN --mount=type=cache,target=/root/.cache/uv \
     uv sync --frozen --no-editable --extra gpu --no-install-package onnxruntime \
-    && rm /opt/venv/bin/vae-train /opt/venv/bin/vae-export
+    && rm /opt/venv/bin/vae-train /opt/venv/bin/vae-export \
+    && /opt/venv/bin/python -c "$NO_TORCH" \
+    && /opt/venv/bin/vae-serve --help >/dev/null
 
 # serve-cpu-env: the plain install (CPU onnxruntime), for nodes without a GPU.
 FROM build AS serve-cpu-env
@@ -63,7 +68,9 @@ COPY pyproject.toml uv.lock README.md ./
 COPY server ./server
 RUN --mount=type=cache,target=/root/.cache/uv \
     uv sync --frozen --no-editable \
-    && rm /opt/venv/bin/vae-train /opt/venv/bin/vae-export
+    && rm /opt/venv/bin/vae-train /opt/venv/bin/vae-export \
+    && /opt/venv/bin/python -c "$NO_TORCH" \
+    && /opt/venv/bin/vae-serve --help >/dev/null
 
 # train-env: everything, torch included, for training and batch export.
 FROM build AS train-env
@@ -100,7 +107,7 @@ WORKDIR /tmp
 USER 10001:10001
 CMD ["vae-train", "--help"]
 
-# serve-cpu: vae-serve on plain onnxruntime (CPUExecutionProvider).
+# serve-cpu: vae-serve on plain onnxruntime (CPUExecutionProvider). HOME=/tmp as in `serve` below.
 FROM ${UBUNTU_IMAGE} AS serve-cpu
 LABEL org.opencontainers.image.title="vae-serve" \
       org.opencontainers.image.description="VAE gRPC server on onnxruntime (CPU), no torch" \
@@ -136,7 +143,8 @@ RUN groupadd --system --gid 10001 vae \
 COPY --from=build /opt/python /opt/python
 COPY --from=serve-env /opt/venv /opt/venv
 COPY docker/healthcheck.py /opt/vae/healthcheck.py
-# CUDA_CACHE_PATH: the driver's JIT cache goes to /tmp, the only writable place.
+# /tmp is the only writable place (an emptyDir in Kubernetes, --tmpfs /tmp in docker run): HOME points
+# there because onnxruntime writes a device id under $HOME/.cache, and so does the CUDA JIT cache.
 ENV PATH=/opt/venv/bin:$PATH \
     PYTHONUNBUFFERED=1 \
     PYTHONDONTWRITEBYTECODE=1 \
