@@ -124,6 +124,12 @@ def test_validator_rejects_a_malformed_scrape_interval(rendered):
     assert validator.validate_object(monitor)
 
 
+def test_rendering_without_kubectl_or_kustomize_says_what_to_install(monkeypatch, tmp_path):
+    monkeypatch.setenv("PATH", str(tmp_path))
+    with pytest.raises(validator.RenderError, match="install kubectl"):
+        validator.render("overlays/gpu")
+
+
 # ------------------------------------------------------------- configuration agrees with vae-serve
 
 
@@ -213,6 +219,27 @@ def test_model_repository_is_mounted_read_only_where_the_server_looks(
     repository = str(configured_settings(rendered[overlay], monkeypatch).repository)
     mounts = server_container(rendered[overlay])["volumeMounts"]
     assert [m.get("readOnly") for m in mounts if m["mountPath"] == repository] == [True]
+
+
+@pytest.mark.parametrize("overlay", OVERLAYS)
+def test_configmap_repository_is_where_the_image_expects_it(rendered, overlay):
+    image_env = {
+        c.value[i]: c.value[i + 1]
+        for c in dockerfile.parse_file(str(ROOT / "Dockerfile"))
+        if c.cmd == "ENV"
+        for i in range(0, len(c.value), 2)
+    }
+    assert (
+        one(rendered[overlay], "ConfigMap")["data"]["VAE_REPOSITORY"] == image_env["VAE_REPOSITORY"]
+    )
+
+
+@pytest.mark.parametrize("overlay", OVERLAYS)
+def test_onnxruntime_threads_follow_the_containers_own_cpu_limit(rendered, overlay):
+    container = server_container(rendered[overlay])
+    env = {e["name"]: e for e in container["env"]}
+    source = env["VAE_INTRA_OP_THREADS"]["valueFrom"]["resourceFieldRef"]
+    assert (source["containerName"], source["resource"]) == (container["name"], "limits.cpu")
 
 
 @pytest.mark.parametrize("overlay", OVERLAYS)
