@@ -151,6 +151,22 @@ def server_env_names() -> set[str]:
 # ------------------------------------------------------------------------------------- stages
 
 
+def test_every_stage_base_resolves_from_the_global_build_arguments():
+    assert [s.name for s in STAGES.values() if "$" in s.base] == []
+
+
+def test_every_copy_from_names_an_earlier_stage():
+    names = list(STAGES)
+    late = [
+        (stage.name, source)
+        for index, stage in enumerate(STAGES.values())
+        for c in stage.all("COPY")
+        for source in (f.split("=", 1)[1] for f in c.flags if f.startswith("--from="))
+        if source not in names[:index]
+    ]
+    assert late == []
+
+
 def test_default_build_target_is_the_gpu_server():
     assert list(STAGES)[-1] == "serve"
 
