@@ -170,7 +170,7 @@ def _train(config, annealing, ranks, device) -> dict[str, Any]:
                 terms = negative_elbo(output, images, likelihood, weight)
                 if distributed.any_rank(not bool(torch.isfinite(terms.loss)), ranks, device):
                     raise NonFiniteLoss(
-                        f"loss became {float(terms.loss)} at epoch {epoch}, step {step}; stopped. "
+                        f"loss became {float(terms.loss.detach())} at epoch {epoch}, step {step}; stopped. "
                         f"The last good checkpoint is {run_dir / 'last.pt'}. Lower "
                         "--learning-rate, set --grad-clip, or tighten --logvar-max."
                     )
