@@ -30,7 +30,7 @@ def test_cyclical_restarts_from_zero_each_cycle_and_holds_beta_for_the_second_ha
 
 
 def test_unknown_schedule_names_the_choices() -> None:
-    with pytest.raises(ValueError, match="none.*linear.*cyclical"):
+    with pytest.raises(ValueError, match=r"none.*linear.*cyclical"):
         Annealing("exponential")
 
 

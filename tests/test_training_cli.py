@@ -73,5 +73,5 @@ def test_wrongly_typed_yaml_value_names_field_and_type(tmp_path: Path) -> None:
 
 
 def test_missing_config_file_is_named(tmp_path: Path) -> None:
-    with pytest.raises(SystemExit, match="nope.yaml does not exist"):
+    with pytest.raises(SystemExit, match=r"nope\.yaml does not exist"):
         parse("--config", str(tmp_path / "nope.yaml"))

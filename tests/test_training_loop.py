@@ -71,6 +71,10 @@ def test_resume_continues_exactly_where_the_run_stopped(
     train(tiny(tmp_path / "split", mnist_dir, resume=True, **schedules))
     straight = load_checkpoint(tmp_path / "straight" / "last.pt")
     resumed = load_checkpoint(tmp_path / "split" / "last.pt")
+    logged_epochs = [
+        json.loads(line)["epoch"] for line in (tmp_path / "split" / "log.jsonl").open()
+    ]
+    assert logged_epochs == [1, 2, 3]  # picked up at epoch 2, not started over
     assert all(
         torch.equal(straight["model_state"][k], v) for k, v in resumed["model_state"].items()
     )
