@@ -53,7 +53,7 @@ class TrainConfig:
     compile: bool = False  # torch.compile the training forward pass
     grad_clip: float = 0.0  # clip the gradient's global norm to this (0: off)
     num_workers: int = 2  # DataLoader workers for image folders (tensor data needs none)
-    progress: bool = True  # a progress bar with the running loss (on a terminal)
+    progress: bool = True  # a progress bar with the running loss (drawn on a terminal only)
     tensorboard: bool = True  # scalars under <run_dir>/tensorboard
     figures: bool = True  # pictures in the run directory after training
     iwae_samples: int = 50  # k of the final IWAE bound (Burda et al. 2015 use 5000); 0 skips it
@@ -245,7 +245,8 @@ def _progress(config, ranks, steps_per_epoch: int, epoch: int):
         return None
     from tqdm import tqdm
 
-    return tqdm(total=steps_per_epoch, desc=f"epoch {epoch}", leave=False, dynamic_ncols=True)
+    # disable=None: drawn on a terminal only, so logs of batch jobs stay free of bar frames.
+    return tqdm(total=steps_per_epoch, desc=f"epoch {epoch}", leave=False, disable=None)
 
 
 def _epoch_record(model, data, likelihood, epoch, step, seconds, train_terms) -> dict[str, Any]:
