@@ -8,6 +8,7 @@ from pathlib import Path
 import pytest
 import torch
 
+from tests.conftest import CELEBA_SAMPLE
 from training import train as train_module
 from training.batching import load_data
 from training.checkpoint import load_checkpoint, model_from_checkpoint
@@ -15,8 +16,6 @@ from training.data import DatasetNotFound
 from training.evaluation import evaluate, iwae_nll
 from training.models import ModelConfig
 from training.train import NonFiniteLoss, TrainConfig, train
-
-CELEBA_SAMPLE = Path(__file__).resolve().parent.parent.parent / "shared" / "data" / "celeba-sample"
 
 
 def tiny(run_dir: Path, data_dir: Path, **overrides) -> TrainConfig:
@@ -166,3 +165,8 @@ def test_face_model_trains_on_the_celeba_sample_folder(tmp_path: Path) -> None:
                   eval_batch_size=8, train_subset=0, epochs=1, num_workers=1, model=face)  # fmt: skip
     summary = train(config)
     assert summary["steps"] == 3  # 24 training images in batches of 8
+
+
+def test_mixed_precision_run_keeps_finite_losses(tmp_path: Path, mnist_dir: Path) -> None:
+    summary = train(tiny(tmp_path / "run", mnist_dir, epochs=1, amp=True, grad_clip=1.0))
+    assert torch.isfinite(torch.tensor(summary["test_loss"]))

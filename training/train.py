@@ -141,7 +141,9 @@ def _train(config, annealing, ranks, device) -> dict[str, Any]:
         if config.tensorboard:
             from torch.utils.tensorboard import SummaryWriter
 
-            writer = SummaryWriter(str(run_dir / "tensorboard"), purge_step=step or None)
+            # Scalars are indexed by epoch; a resumed run drops any it is about to write again.
+            purge = start_epoch if resumed is not None else None
+            writer = SummaryWriter(str(run_dir / "tensorboard"), purge_step=purge)
         print(
             f"training {model_config.kind}/{model_config.architecture} on {config.dataset} "
             f"({data.sizes['train']} train, {data.sizes['val']} val, {data.sizes['test']} test) "
