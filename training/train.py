@@ -22,6 +22,7 @@ from training.losses import negative_elbo
 from training.models import ModelConfig, build_model
 
 LR_SCHEDULES = ("constant", "cosine")
+RESUME_KEYS = ("optimizer_state", "scheduler_state", "epoch", "step", "best_val_loss", "history")
 
 
 @dataclass
@@ -127,6 +128,12 @@ def _train(config, annealing, ranks, device) -> dict[str, Any]:
     amp_dtype = torch.float16 if device.type == "cuda" else torch.bfloat16
     start_epoch, step, best_val, history = 1, 0, math.inf, []
     if resumed is not None:
+        missing = sorted(set(RESUME_KEYS) - set(resumed))
+        if missing:
+            raise ValueError(
+                f"{run_dir / 'last.pt'} lacks {missing} (written by an older vae-train); it can be "
+                "exported, but not resumed: start a new run without --resume"
+            )
         model.load_state_dict(resumed["model_state"])
         optimiser.load_state_dict(resumed["optimizer_state"])
         scheduler.load_state_dict(resumed["scheduler_state"])
@@ -139,7 +146,8 @@ def _train(config, annealing, ranks, device) -> dict[str, Any]:
     if ranks.is_main:
         run_dir.mkdir(parents=True, exist_ok=True)
         (run_dir / "config.json").write_text(json.dumps(config.to_dict(), indent=2) + "\n")
-        log_file = (run_dir / "log.jsonl").open("a", encoding="utf-8")
+        # A new run starts a new log; a resumed one carries on with it.
+        log_file = (run_dir / "log.jsonl").open("a" if resumed else "w", encoding="utf-8")
         if config.tensorboard:
             from torch.utils.tensorboard import SummaryWriter
 
