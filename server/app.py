@@ -221,9 +221,15 @@ class VaeServer:
         if self._stopped.is_set():
             return
         grace = self.settings.grace_seconds if grace is None else grace
+        self.health.enter_graceful_shutdown()  # every service NOT_SERVING from now on
+        if self.settings.drain_delay_seconds > 0:
+            # Keep answering while load balancers notice NOT_SERVING and stop sending calls.
+            log.info(
+                "draining: NOT_SERVING, refusing calls in %.1fs", self.settings.drain_delay_seconds
+            )
+            threading.Event().wait(self.settings.drain_delay_seconds)
         log.info("draining: waiting up to %.1fs for in-flight calls", grace)
         self.servicer.draining.set()
-        self.health.enter_graceful_shutdown()  # every service NOT_SERVING from now on
         self.watcher.stop()
         if self._grpc is not None:
             self._grpc.stop(grace).wait()

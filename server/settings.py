@@ -47,6 +47,9 @@ class Settings:
     tensorrt_fp16: bool = False
     require_gpu: bool = False
     grace_seconds: float = 20.0  # how long SIGTERM waits for in-flight calls
+    # After SIGTERM, report NOT_SERVING but keep answering this long, so load balancers move away
+    # first; keep it plus grace_seconds under the pod's terminationGracePeriodSeconds.
+    drain_delay_seconds: float = 0.0
     reload_interval_seconds: float = (
         15.0  # repository poll; 0 turns polling off (SIGHUP still works)
     )
@@ -94,6 +97,12 @@ _OPTIONS: list[tuple[str, str, Any, str]] = [
     ("--cuda-mem-limit-bytes", "cuda_mem_limit_bytes", int, "CUDA arena limit (0: none)"),
     ("--tensorrt-cache-dir", "tensorrt_cache_dir", str, "TensorRT engine cache directory"),
     ("--grace-seconds", "grace_seconds", float, "seconds SIGTERM waits for in-flight calls"),
+    (
+        "--drain-delay-seconds",
+        "drain_delay_seconds",
+        float,
+        "seconds to keep serving while NOT_SERVING before refusing new calls",
+    ),
     (
         "--reload-interval-seconds",
         "reload_interval_seconds",
