@@ -87,6 +87,9 @@ def _create_session(path: Path, options: RuntimeOptions) -> ort.InferenceSession
     session_options.intra_op_num_threads = options.intra_op_threads
     session_options.inter_op_num_threads = options.inter_op_threads
     session_options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+    # Idle intra-op threads spin by default; in a server many calls overlap and spinning steals the
+    # cores the gRPC threads need (measured: BENCHMARKS.md, Server).
+    session_options.add_session_config_entry("session.intra_op.allow_spinning", "0")
     providers = options.provider_list()
     try:
         return ort.InferenceSession(str(path), sess_options=session_options, providers=providers)
