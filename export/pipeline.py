@@ -86,7 +86,7 @@ def export_checkpoint(
         report = {}
 
         def build(directory: Path) -> ModelMetadata:
-            export_graphs(model, directory)
+            names = export_graphs(model, directory)
             report.update(check_parity(model, directory, images, labels, tolerance).as_dict())
             metrics = {
                 k: float(v)
@@ -102,6 +102,7 @@ def export_checkpoint(
                 likelihood=config.likelihood,
                 num_classes=config.num_classes,
                 opset=OPSET,
+                tensors=names,
                 dataset=str(document.get("dataset", "")),
                 metrics={**metrics, "epoch": float(document.get("epoch", 0))},
                 parity={**report, "tolerance": tolerance},

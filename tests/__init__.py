@@ -1,0 +1,1 @@
+"""Tests: unit tests and integration tests against a real loopback server."""
