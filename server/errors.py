@@ -31,3 +31,7 @@ class Unavailable(ServiceError):
 
 class DeadlineExceeded(ServiceError):
     code = "DEADLINE_EXCEEDED"
+
+
+class Cancelled(ServiceError):
+    code = "CANCELLED"

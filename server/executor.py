@@ -13,7 +13,7 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from server.batching import Batcher, BatchingConfig, BatchObserver
-from server.errors import DeadlineExceeded, Unavailable
+from server.errors import Cancelled, DeadlineExceeded
 from server.metrics import Metrics
 from server.repository import ModelMetadata
 from server.runtime import ModelRuntime
@@ -96,7 +96,7 @@ class ModelExecutor:
     def _call(self, component: str, inputs: list[np.ndarray | None]) -> Sequence[np.ndarray | None]:
         scope = current_call.get()
         if scope is not None and scope.cancelled.is_set():
-            raise Unavailable("the call was cancelled by its client before it ran")
+            raise Cancelled("the call was cancelled by its client before it ran")
         batcher = self._batchers.get(component)
         name = self.runtime.metadata.name
         if batcher is None:
@@ -120,7 +120,7 @@ class ModelExecutor:
                 "raise the client timeout or send fewer rows"
             ) from None
         except CancelledError:
-            raise Unavailable("the call was cancelled by its client before it ran") from None
+            raise Cancelled("the call was cancelled by its client before it ran") from None
 
     def encode(
         self, images: np.ndarray, labels: np.ndarray | None

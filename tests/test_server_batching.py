@@ -194,3 +194,17 @@ def test_per_model_batching_overrides_the_server_default(repository: Path):
     server = VaeServer(config)
     server.store.load_all(warm_up=False)
     assert server.store.get("tiny-vae").config.enabled is False
+
+
+def test_a_cancelled_calls_rows_are_dropped_from_the_batch(repository: Path):
+    config = settings(repository, BatchingConfig(max_batch_size=64, max_queue_delay_ms=1500))
+    labels = {"model": "tiny-vae", "component": "decoder"}
+    cancelled = {"rpc": "Sample", "model": "tiny-vae", "code": "CANCELLED"}
+    with running_server(config) as server, stub_for(server) as stub:
+        rows_before = metric(server, "vae_batch_size_sum", **labels)
+        doomed = stub.Sample.future(sample_request(count=5), timeout=30)
+        wait_until(lambda: metric(server, "vae_queue_rows", **labels) == 5, what="5 rows queued")
+        doomed.cancel()
+        wait_until(lambda: metric(server, "vae_requests_total", **cancelled) == 1, what="cancel")
+        stub.Sample(sample_request(count=1), timeout=30)
+        assert metric(server, "vae_batch_size_sum", **labels) - rows_before == 1
