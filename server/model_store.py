@@ -113,7 +113,7 @@ class ModelStore:
                         executor = self._load(name, version, warm_up)
                     except (RepositoryError, OSError, ValueError) as exc:
                         log.error(
-                            "rejected %s/%s, still serving the others: %s", name, version, exc
+                            "skipping %s/%s (the others keep serving): %s", name, version, exc
                         )
                         self._rejected[(name, version)] = stamp
                         result.failed.append(LoadFailure(name, version, str(exc)))
