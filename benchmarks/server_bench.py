@@ -10,8 +10,10 @@ from __future__ import annotations
 import argparse
 import json
 import signal
+import socket
 import subprocess
 import sys
+import urllib.request
 from contextlib import contextmanager
 from pathlib import Path
 
@@ -38,9 +40,30 @@ def child(command: list[str], log: Path):
         process.wait(60)
 
 
-def serve(args: argparse.Namespace, *flags: str) -> list[str]:
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def mean_batch(metrics_port: int) -> dict[str, float]:
+    """Mean rows per decoder call so far, and the number of calls, from the server's /metrics."""
+    url = f"http://127.0.0.1:{metrics_port}/metrics"
+    values = {}
+    for line in urllib.request.urlopen(url, timeout=10).read().decode().splitlines():
+        if line.startswith("vae_batch_size_") and 'component="decoder"' in line:
+            values[line.split("{")[0]] = float(line.split()[-1])
+    calls = values.get("vae_batch_size_count", 0.0)
+    return {
+        "decoder_calls": calls,
+        "mean_rows_per_call": round(values.get("vae_batch_size_sum", 0.0) / max(calls, 1), 2),
+    }
+
+
+def serve(args: argparse.Namespace, metrics_port: int, *flags: str) -> list[str]:
     return [PY, "-m", "server.cli", f"--repository={args.repository}", "--host=127.0.0.1",
-            "--port=0", "--metrics-port=0", "--providers=CPUExecutionProvider",
+            "--port=0", f"--metrics-port={metrics_port}", "--metrics-host=127.0.0.1",
+            "--providers=CPUExecutionProvider",
             "--reload-interval-seconds=0", "--log-level=WARNING", *flags]  # fmt: skip
 
 
@@ -66,8 +89,12 @@ def main() -> int:
     small = ("--rpc=sample", "--samples=1", "--concurrency=64")
     big = ("--rpc=sample", "--samples=64", f"--concurrency={args.big_concurrency}")
     for name, flags in (("batching_on", ()), ("batching_off", ("--no-batching",))):
-        with child(serve(args, *flags), args.output / f"{name}.log") as port:
+        metrics_port = free_port()
+        with child(serve(args, metrics_port, *flags), args.output / f"{name}.log") as port:
+            before = mean_batch(metrics_port)  # warm-up calls are not observed; this is all zero
             results[f"a_{name}_1x64"] = bench(args, f"--address=127.0.0.1:{port}", *small)
+            results[f"a_{name}_1x64"]["server_batches"] = mean_batch(metrics_port)
+            results[f"a_{name}_1x64"]["server_batches_before"] = before
             results[f"b_{name}_64x{args.big_concurrency}"] = bench(
                 args, f"--address=127.0.0.1:{port}", *big
             )
