@@ -6,16 +6,14 @@ import logging
 import sys
 
 from server.app import StartupError, VaeServer
+from server.logging_setup import configure_logging
 from server.settings import build_parser, settings_from_args
 
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     settings = settings_from_args(args)
-    logging.basicConfig(
-        level=settings.log_level.upper(),
-        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
-    )
+    configure_logging(settings.log_level, settings.log_format)
     server = VaeServer(settings)
     try:
         server.start()

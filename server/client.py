@@ -6,6 +6,7 @@ import argparse
 import json
 import os
 import sys
+from collections.abc import Iterator
 from pathlib import Path
 
 import grpc
@@ -25,14 +26,29 @@ METHODS = {
 class VaeClient:
     """A thin typed wrapper over the generated stub; arrays in, arrays out."""
 
-    def __init__(self, address: str, timeout: float = 30.0, max_message_bytes: int = 64 << 20):
-        self.channel = grpc.insecure_channel(
-            address,
-            options=[
-                ("grpc.max_receive_message_length", max_message_bytes),
-                ("grpc.max_send_message_length", max_message_bytes),
-            ],
-        )
+    def __init__(
+        self,
+        address: str,
+        timeout: float = 30.0,
+        max_message_bytes: int = 64 << 20,
+        tls_ca: str = "",
+        tls_cert: str = "",
+        tls_key: str = "",
+    ):
+        """Plaintext unless `tls_ca` (PEM roots) is set; `tls_cert`/`tls_key` add a client cert."""
+        options = [
+            ("grpc.max_receive_message_length", max_message_bytes),
+            ("grpc.max_send_message_length", max_message_bytes),
+        ]
+        if tls_ca:
+            credentials = grpc.ssl_channel_credentials(
+                root_certificates=Path(tls_ca).read_bytes(),
+                private_key=Path(tls_key).read_bytes() if tls_key else None,
+                certificate_chain=Path(tls_cert).read_bytes() if tls_cert else None,
+            )
+            self.channel = grpc.secure_channel(address, credentials, options=options)
+        else:
+            self.channel = grpc.insecure_channel(address, options=options)
         self.stub = vae_pb2_grpc.VaeServiceStub(self.channel)
         self.timeout = timeout
 
@@ -76,6 +92,28 @@ class VaeClient:
         )
         response = self.stub.Sample(request, timeout=self.timeout)
         return tensor_to_numpy(response.images), tensor_to_numpy(response.latents), response.seed
+
+    def sample_stream(
+        self,
+        count: int,
+        chunk_size: int = 0,
+        seed: int | None = None,
+        temperature: float = 1.0,
+        label: int | None = None,
+        model: str = "",
+        version: int = 0,
+    ) -> Iterator[tuple[np.ndarray, np.ndarray, int]]:
+        """Stream `count` images in chunks: yields (images (n, C, H, W), latents (n, D), offset)."""
+        request = vae_pb2.SampleStreamRequest(
+            model=self._ref(model, version),
+            count=count,
+            chunk_size=chunk_size,
+            temperature=temperature,
+            seed=seed,
+            label=label,
+        )
+        for chunk in self.stub.SampleStream(request, timeout=self.timeout):
+            yield tensor_to_numpy(chunk.images), tensor_to_numpy(chunk.latents), chunk.offset
 
     def encode(
         self, images: np.ndarray, labels: list[int] | None = None, model: str = "", version: int = 0
@@ -177,6 +215,12 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--model", default=os.environ.get("VAE_MODEL", ""), help="model name")
     parser.add_argument("--version", type=int, default=0, help="model version (0: latest)")
     parser.add_argument("--timeout", type=float, default=30.0, help="deadline per call, seconds")
+    for flag, env, help_text in (
+        ("--tls-ca", "VAE_TLS_CA", "PEM CA that signed the server's certificate: connect with TLS"),
+        ("--tls-cert", "VAE_TLS_CLIENT_CERT", "PEM client certificate, for servers requiring mTLS"),
+        ("--tls-key", "VAE_TLS_CLIENT_KEY", "PEM private key of --tls-cert"),
+    ):
+        parser.add_argument(flag, default=os.environ.get(env, ""), help=f"{help_text} [{env}]")
     commands = parser.add_subparsers(dest="command", required=True)
 
     def output_options(p: argparse.ArgumentParser, default: str, columns: int = 8) -> None:
@@ -221,7 +265,13 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def run(args: argparse.Namespace) -> int:
-    with VaeClient(args.address, timeout=args.timeout) as client:
+    with VaeClient(
+        args.address,
+        timeout=args.timeout,
+        tls_ca=args.tls_ca,
+        tls_cert=args.tls_cert,
+        tls_key=args.tls_key,
+    ) as client:
         if args.command == "info":
             infos = [client.info(args.model, args.version)] if args.model else client.list_models()
             as_dicts = [

@@ -27,3 +27,11 @@ class ResourceExhausted(ServiceError):
 
 class Unavailable(ServiceError):
     code = "UNAVAILABLE"
+
+
+class DeadlineExceeded(ServiceError):
+    code = "DEADLINE_EXCEEDED"
+
+
+class Cancelled(ServiceError):
+    code = "CANCELLED"

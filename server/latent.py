@@ -5,12 +5,22 @@ from __future__ import annotations
 import numpy as np
 
 
-def sample_prior(count: int, latent_dim: int, seed: int, temperature: float = 1.0) -> np.ndarray:
-    """z ~ N(0, temperature^2 I), shape (count, latent_dim); the same seed gives the same z."""
-    rng = np.random.default_rng(seed)
+def prior_generator(seed: int) -> np.random.Generator:
+    return np.random.default_rng(seed)
+
+
+def draw_prior(
+    rng: np.random.Generator, count: int, latent_dim: int, temperature: float = 1.0
+) -> np.ndarray:
+    """The next `count` rows of z ~ N(0, temperature^2 I) from `rng`, shape (count, latent_dim)."""
     return (rng.standard_normal((count, latent_dim), dtype=np.float32) * temperature).astype(
         np.float32
     )
+
+
+def sample_prior(count: int, latent_dim: int, seed: int, temperature: float = 1.0) -> np.ndarray:
+    """z ~ N(0, temperature^2 I), shape (count, latent_dim); the same seed gives the same z."""
+    return draw_prior(prior_generator(seed), count, latent_dim, temperature)
 
 
 def reparameterise(mean: np.ndarray, log_variance: np.ndarray, seed: int) -> np.ndarray:

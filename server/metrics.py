@@ -69,6 +69,18 @@ class Metrics:
             ["model", "version", "provider"],
             registry=r,
         )
+        self.queue_rows = Gauge(
+            "vae_queue_rows",
+            "Rows waiting in a batcher's queue",
+            ["model", "component"],
+            registry=r,
+        )
+        self.reloads = Counter(
+            "vae_repository_reloads",
+            "Repository scans, by outcome (changed, unchanged, failed)",
+            ["outcome"],
+            registry=r,
+        )
         self.load_failures = Counter(
             "vae_model_load_failures", "Model versions that failed to load", ["model"], registry=r
         )
@@ -92,6 +104,16 @@ class Metrics:
         self.inference_time.labels(model, component).observe(seconds)
         self.batch_size.labels(model, component).observe(rows)
         self.queue_wait.labels(model, component).observe(queue_seconds)
+
+    def observe_batch(
+        self, model: str, component: str, rows: int, seconds: float, waits: list[float]
+    ) -> None:
+        """One onnxruntime call of `rows` rows, merged from requests that waited `waits` seconds."""
+        self.inference_time.labels(model, component).observe(seconds)
+        self.batch_size.labels(model, component).observe(rows)
+        queue_wait = self.queue_wait.labels(model, component)
+        for wait in waits:
+            queue_wait.observe(wait)
 
     def set_loaded_models(self, loaded: list[tuple[str, int, str]]) -> None:
         """Replace the loaded-model gauge with (name, version, provider) triples."""

@@ -20,12 +20,54 @@ DEFAULT_PROVIDERS = ("CUDAExecutionProvider", "CPUExecutionProvider")
 
 @dataclass(frozen=True)
 class RuntimeOptions:
-    """How sessions are created: provider preference and CPU threading."""
+    """How sessions are created: provider preference, provider options and CPU threading."""
 
     providers: tuple[str, ...] = DEFAULT_PROVIDERS
     intra_op_threads: int = 0  # 0 lets onnxruntime pick (one per physical core)
     inter_op_threads: int = 0
     cuda_device_id: int = 0
+    cuda_arena_extend_strategy: str = "kNextPowerOfTwo"
+    # EXHAUSTIVE benchmarks cuDNN algorithms once per shape; MLP decoders have no convolutions, so it
+    # only costs time for convolutional models, at their first batch of each size.
+    cudnn_conv_algo_search: str = "EXHAUSTIVE"
+    cuda_mem_limit_bytes: int = 0
+    tensorrt: bool = False
+    tensorrt_cache_dir: str = "/tmp/vae-trt-cache"
+    tensorrt_fp16: bool = False
+
+    def provider_list(self) -> list[str | tuple[str, dict[str, str]]]:
+        """The providers to ask onnxruntime for, with their options, most preferred first."""
+        requested = self.providers
+        if self.tensorrt and "TensorrtExecutionProvider" not in requested:
+            requested = ("TensorrtExecutionProvider", *requested)
+        chosen: list[str | tuple[str, dict[str, str]]] = []
+        for name in resolve_providers(requested):
+            if name == "TensorrtExecutionProvider":
+                if not self.tensorrt:
+                    continue  # opt-in only: engine builds take minutes
+                chosen.append(
+                    (
+                        name,
+                        {
+                            "device_id": str(self.cuda_device_id),
+                            "trt_engine_cache_enable": "True",
+                            "trt_engine_cache_path": self.tensorrt_cache_dir,
+                            "trt_fp16_enable": str(self.tensorrt_fp16),
+                        },
+                    )
+                )
+            elif name == "CUDAExecutionProvider":
+                cuda = {
+                    "device_id": str(self.cuda_device_id),
+                    "arena_extend_strategy": self.cuda_arena_extend_strategy,
+                    "cudnn_conv_algo_search": self.cudnn_conv_algo_search,
+                }
+                if self.cuda_mem_limit_bytes:
+                    cuda["gpu_mem_limit"] = str(self.cuda_mem_limit_bytes)
+                chosen.append((name, cuda))
+            else:
+                chosen.append(name)
+        return chosen
 
 
 @functools.lru_cache(maxsize=8)
@@ -45,12 +87,10 @@ def _create_session(path: Path, options: RuntimeOptions) -> ort.InferenceSession
     session_options.intra_op_num_threads = options.intra_op_threads
     session_options.inter_op_num_threads = options.inter_op_threads
     session_options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
-    providers: list[str | tuple[str, dict[str, str]]] = []
-    for name in resolve_providers(options.providers):
-        if name == "CUDAExecutionProvider":
-            providers.append((name, {"device_id": str(options.cuda_device_id)}))
-        else:
-            providers.append(name)
+    # Idle intra-op threads spin by default; in a server many calls overlap and spinning steals the
+    # cores the gRPC threads need (measured: BENCHMARKS.md, Server).
+    session_options.add_session_config_entry("session.intra_op.allow_spinning", "0")
+    providers = options.provider_list()
     try:
         return ort.InferenceSession(str(path), sess_options=session_options, providers=providers)
     except Exception as exc:  # onnxruntime raises its own exception types for corrupt graphs
@@ -73,6 +113,10 @@ class ModelRuntime:
         self._check_signature()
         # What onnxruntime actually gave us: the first provider of the session, never the request.
         self.provider = self.decoder.get_providers()[0]
+        # On a GPU, bind outputs to device memory and copy each once to the host; on CPU, plain run()
+        # already avoids copies. UNTESTED ON A GPU: this machine has none (see README, Server).
+        self._device_id = options.cuda_device_id
+        self.io_binding = self.provider in ("CUDAExecutionProvider", "TensorrtExecutionProvider")
         if self.provider != self.encoder.get_providers()[0]:
             log.warning(
                 "%s: encoder runs on %s but decoder on %s",
@@ -105,12 +149,25 @@ class ModelRuntime:
             feeds[names[1]] = np.ascontiguousarray(labels, dtype=np.int64)
         return feeds
 
+    def _run(self, session: ort.InferenceSession, feeds: dict[str, np.ndarray]) -> list[np.ndarray]:
+        if not self.io_binding:
+            return session.run(None, feeds)
+        binding = session.io_binding()
+        for name, value in feeds.items():
+            # One host-to-device copy per input; onnxruntime would otherwise copy inside run().
+            device_value = ort.OrtValue.ortvalue_from_numpy(value, "cuda", self._device_id)
+            binding.bind_ortvalue_input(name, device_value)
+        for output in session.get_outputs():
+            binding.bind_output(output.name, "cuda", self._device_id)
+        session.run_with_iobinding(binding)
+        return binding.copy_outputs_to_cpu()
+
     def encode(
         self, images: np.ndarray, labels: np.ndarray | None = None
     ) -> tuple[np.ndarray, np.ndarray | None]:
         """(N, C, H, W) images -> mean (N, D) and log-variance (N, D), or None for autoencoders."""
         names = self.metadata.tensors
-        outputs = self.encoder.run(None, self._feeds(names.encoder_inputs, images, labels))
+        outputs = self._run(self.encoder, self._feeds(names.encoder_inputs, images, labels))
         mean = outputs[0]
         log_variance = outputs[1] if len(outputs) > 1 else None
         return mean, log_variance
@@ -118,10 +175,10 @@ class ModelRuntime:
     def decode(self, latents: np.ndarray, labels: np.ndarray | None = None) -> np.ndarray:
         """(N, D) latents -> (N, C, H, W) images in [0, 1]."""
         names = self.metadata.tensors
-        (images,) = self.decoder.run(None, self._feeds(names.decoder_inputs, latents, labels))
+        (images,) = self._run(self.decoder, self._feeds(names.decoder_inputs, latents, labels))
         return images
 
-    def warm_up(self, batch_sizes: tuple[int, ...] = (1, 8)) -> float:
+    def warm_up(self, batch_sizes: tuple[int, ...] = (1, 8, 64)) -> float:
         """Run each graph on zeros so first requests do not pay for lazy initialisation; seconds."""
         start = time.perf_counter()
         meta = self.metadata

@@ -8,20 +8,20 @@ from __future__ import annotations
 
 import math
 import secrets
-import time
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 
 import numpy as np
 
 from server import latent
 from server.errors import InvalidArgument, ResourceExhausted
+from server.executor import ModelExecutor
 from server.metrics import Metrics
 from server.model_store import ModelStore
-from server.runtime import ModelRuntime
 from server.settings import Limits
 
 MAX_SEED = 2**63 - 1
+DEFAULT_STREAM_CHUNK = 256  # rows per SampleStream message: ~800 KB of 28x28 float32
 
 
 @dataclass(frozen=True)
@@ -29,14 +29,14 @@ class Encoded:
     mean: np.ndarray  # (N, D)
     log_variance: np.ndarray | None  # (N, D); None for autoencoders
     latents: np.ndarray | None  # (N, D) when sampling was asked for
-    runtime: ModelRuntime
+    runtime: ModelExecutor
 
 
 @dataclass(frozen=True)
 class Generated:
     images: np.ndarray  # (N, C, H, W) in [0, 1]
     latents: np.ndarray  # (N, D)
-    runtime: ModelRuntime
+    runtime: ModelExecutor
     seed: int = 0
 
 
@@ -50,21 +50,17 @@ class DataPlane:
 
     # --- model calls, timed -------------------------------------------------------------------
 
-    def _encode(self, runtime: ModelRuntime, images: np.ndarray, labels: np.ndarray | None):
-        start = time.perf_counter()
-        result = runtime.encode(images, labels)
-        self.metrics.observe_inference(
-            runtime.metadata.name, "encoder", len(images), time.perf_counter() - start
-        )
-        return result
+    # The executor batches, times and counts each onnxruntime call.
 
-    def _decode(self, runtime: ModelRuntime, latents: np.ndarray, labels: np.ndarray | None):
-        start = time.perf_counter()
-        images = runtime.decode(latents, labels)
-        self.metrics.observe_inference(
-            runtime.metadata.name, "decoder", len(latents), time.perf_counter() - start
-        )
-        return images
+    def _encode(
+        self, runtime: ModelExecutor, images: np.ndarray, labels: np.ndarray | None
+    ) -> tuple[np.ndarray, np.ndarray | None]:
+        return runtime.encode(images, labels)
+
+    def _decode(
+        self, runtime: ModelExecutor, latents: np.ndarray, labels: np.ndarray | None
+    ) -> np.ndarray:
+        return runtime.decode(latents, labels)
 
     # --- validation -----------------------------------------------------------------------------
 
@@ -75,7 +71,9 @@ class DataPlane:
                 "request; split the request"
             )
 
-    def _labels(self, runtime: ModelRuntime, labels: Sequence[int], rows: int) -> np.ndarray | None:
+    def _labels(
+        self, runtime: ModelExecutor, labels: Sequence[int], rows: int
+    ) -> np.ndarray | None:
         meta = runtime.metadata
         if not meta.conditional:
             if len(labels):
@@ -95,7 +93,7 @@ class DataPlane:
             )
         return array
 
-    def _check_images(self, runtime: ModelRuntime, images: np.ndarray, what: str) -> None:
+    def _check_images(self, runtime: ModelExecutor, images: np.ndarray, what: str) -> None:
         expected = runtime.metadata.image_shape
         if images.ndim != 4 or tuple(images.shape[1:]) != tuple(expected):
             raise InvalidArgument(
@@ -103,7 +101,7 @@ class DataPlane:
                 f"{runtime.metadata.name!r}; expected [N, {', '.join(map(str, expected))}]"
             )
 
-    def _check_latents(self, runtime: ModelRuntime, latents: np.ndarray, what: str) -> None:
+    def _check_latents(self, runtime: ModelExecutor, latents: np.ndarray, what: str) -> None:
         dim = runtime.metadata.latent_dim
         if latents.ndim != 2 or latents.shape[1] != dim:
             raise InvalidArgument(
@@ -122,7 +120,7 @@ class DataPlane:
 
     def encode(
         self,
-        runtime: ModelRuntime,
+        runtime: ModelExecutor,
         images: np.ndarray,
         labels: Sequence[int] = (),
         sample: bool = False,
@@ -143,7 +141,7 @@ class DataPlane:
         return Encoded(mean, log_variance, latents, runtime)
 
     def decode(
-        self, runtime: ModelRuntime, latents: np.ndarray, labels: Sequence[int] = ()
+        self, runtime: ModelExecutor, latents: np.ndarray, labels: Sequence[int] = ()
     ) -> Generated:
         self._check_latents(runtime, latents, "latents")
         self._check_rows(len(latents), "latents")
@@ -151,15 +149,10 @@ class DataPlane:
         images = self._decode(runtime, latents, label_array)
         return Generated(images, latents, runtime)
 
-    def sample(
-        self,
-        runtime: ModelRuntime,
-        count: int,
-        seed: int | None = None,
-        temperature: float = 0.0,
-        label: int | None = None,
-    ) -> Generated:
-        limit = self.limits.max_samples
+    def _sample_params(
+        self, runtime: ModelExecutor, count: int, limit: int, temperature: float, label: int | None
+    ) -> tuple[float, np.ndarray | None]:
+        """Check a Sample/SampleStream request; returns (temperature, one chunk's labels or None)."""
         if count <= 0:
             raise InvalidArgument(f"count must be between 1 and {limit}, got {count}")
         if count > limit:
@@ -179,16 +172,60 @@ class DataPlane:
             raise InvalidArgument(
                 f"model {meta.name!r} is conditional: set label to a class in 0..{meta.num_classes - 1}"
             )
-        labels = self._labels(runtime, [] if label is None else [label] * count, count)
+        return temperature, self._labels(runtime, [] if label is None else [label], 1)
+
+    def sample(
+        self,
+        runtime: ModelExecutor,
+        count: int,
+        seed: int | None = None,
+        temperature: float = 0.0,
+        label: int | None = None,
+    ) -> Generated:
+        temperature, one_label = self._sample_params(
+            runtime, count, self.limits.max_samples, temperature, label
+        )
+        labels = None if one_label is None else np.repeat(one_label, count)
         used_seed = self._seed(seed)
-        latents = latent.sample_prior(count, meta.latent_dim, used_seed, temperature)
+        latents = latent.sample_prior(count, runtime.metadata.latent_dim, used_seed, temperature)
         images = self._decode(runtime, latents, labels)
-        self.metrics.samples.labels(meta.name).inc(count)
+        self.metrics.samples.labels(runtime.metadata.name).inc(count)
         return Generated(images, latents, runtime, used_seed)
+
+    def sample_stream(
+        self,
+        runtime: ModelExecutor,
+        count: int,
+        chunk_size: int = 0,
+        seed: int | None = None,
+        temperature: float = 0.0,
+        label: int | None = None,
+    ) -> Iterator[Generated]:
+        """Sample in chunks of `chunk_size` (0: the server's default); the latents are the same as
+        one Sample call of `count` with this seed would draw, so chunking never changes the images."""
+        temperature, one_label = self._sample_params(
+            runtime, count, self.limits.max_stream_samples, temperature, label
+        )
+        chunk_size = chunk_size or min(DEFAULT_STREAM_CHUNK, self.limits.max_samples)
+        if not 1 <= chunk_size <= self.limits.max_samples:
+            raise InvalidArgument(
+                f"chunk_size must be between 1 and {self.limits.max_samples} (0: server default), "
+                f"got {chunk_size}"
+            )
+        used_seed = self._seed(seed)
+        dim = runtime.metadata.latent_dim
+        rng = latent.prior_generator(used_seed)
+        for start in range(0, count, chunk_size):
+            rows = min(chunk_size, count - start)
+            latents = latent.draw_prior(rng, rows, dim, temperature)  # (rows, D)
+            labels = None if one_label is None else np.repeat(one_label, rows)
+            images = self._decode(runtime, latents, labels)
+            self.metrics.samples.labels(runtime.metadata.name).inc(rows)
+            yield Generated(images, latents, runtime, used_seed)
 
     def interpolate(
         self,
-        runtime: ModelRuntime,
+        runtime: ModelExecutor,
         steps: int,
         spherical: bool,
         start_image: np.ndarray | None = None,

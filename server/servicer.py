@@ -4,7 +4,10 @@ from __future__ import annotations
 
 import logging
 import threading
-from collections.abc import Callable
+import time
+import uuid
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from typing import TypeVar
 
 import grpc
@@ -12,10 +15,11 @@ import numpy as np
 
 from server.codecs import images_to_png, tensor_from_proto, tensor_to_proto
 from server.errors import InvalidArgument, ServiceError, Unavailable
+from server.executor import CallScope, ModelExecutor, current_call
+from server.logging_setup import request_id
 from server.metrics import Metrics
 from server.model_store import ModelStore
 from server.proto_gen.vae.v1 import vae_pb2, vae_pb2_grpc
-from server.runtime import ModelRuntime
 from server.service import DataPlane, Generated
 
 log = logging.getLogger(__name__)
@@ -39,11 +43,11 @@ def _check_enum(value: int, enum: object, what: str) -> None:
         raise InvalidArgument(f"{what} {value} is not a known value; allowed: {names}")
 
 
-def model_ref(runtime: ModelRuntime) -> vae_pb2.ModelRef:
+def model_ref(runtime: ModelExecutor) -> vae_pb2.ModelRef:
     return vae_pb2.ModelRef(name=runtime.metadata.name, version=runtime.metadata.version)
 
 
-def model_info(runtime: ModelRuntime, versions: list[int]) -> vae_pb2.ModelInfo:
+def model_info(runtime: ModelExecutor, versions: list[int]) -> vae_pb2.ModelInfo:
     meta = runtime.metadata
     return vae_pb2.ModelInfo(
         name=meta.name,
@@ -71,30 +75,50 @@ class VaeServicer(vae_pb2_grpc.VaeServiceServicer):
         self.draining = threading.Event()
         self._max_elements = plane.limits.max_message_bytes // 4
 
+    @contextmanager
+    def _call(self, rpc: str, context: grpc.ServicerContext) -> Iterator[dict[str, str]]:
+        """One RPC's scope: request id, deadline, cancellation, metrics, errors to status codes."""
+        incoming = dict(context.invocation_metadata() or ())
+        rid = str(incoming.get("x-request-id", "")) or uuid.uuid4().hex[:16]
+        remaining = context.time_remaining()
+        # grpc reports a huge number, not None, when the client set no deadline.
+        has_deadline = remaining is not None and remaining < 10 * 365 * 24 * 3600
+        scope = CallScope(time.monotonic() + remaining if has_deadline else None)
+        context.add_callback(scope.cancel)  # runs when the RPC ends, cancelled or not
+        context.set_trailing_metadata((("x-request-id", rid),))
+        scope_token, rid_token = current_call.set(scope), request_id.set(rid)
+        try:
+            with self.metrics.track_request(rpc) as labels:
+                try:
+                    if self.draining.is_set():
+                        raise Unavailable("server is shutting down; retry against another replica")
+                    yield labels
+                except ServiceError as exc:
+                    labels["code"] = exc.code
+                    log.info("%s refused (%s): %s", rpc, exc.code, exc.message)
+                    context.abort(getattr(grpc.StatusCode, exc.code), exc.message)
+                except Exception:
+                    labels["code"] = "INTERNAL"
+                    log.exception("%s failed", rpc)
+                    context.abort(
+                        grpc.StatusCode.INTERNAL, f"{rpc} failed inside the server; see its log"
+                    )
+        finally:
+            current_call.reset(scope_token)
+            request_id.reset(rid_token)
+
     def _handle(
         self,
         rpc: str,
         context: grpc.ServicerContext,
         ref: vae_pb2.ModelRef,
-        work: Callable[[ModelRuntime], Response],
+        work: Callable[[ModelExecutor], Response],
     ) -> Response:
         """Resolve the model, run `work`, and turn ServiceErrors into status codes with metrics."""
-        with self.metrics.track_request(rpc) as labels:
-            try:
-                if self.draining.is_set():
-                    raise Unavailable("server is shutting down; retry against another replica")
-                runtime = self.store.get(ref.name, ref.version)
-                labels["model"] = runtime.metadata.name
-                return work(runtime)
-            except ServiceError as exc:
-                labels["code"] = exc.code
-                context.abort(getattr(grpc.StatusCode, exc.code), exc.message)
-            except Exception:
-                labels["code"] = "INTERNAL"
-                log.exception("%s failed", rpc)
-                context.abort(
-                    grpc.StatusCode.INTERNAL, f"{rpc} failed inside the server; see its log"
-                )
+        with self._call(rpc, context) as labels:
+            runtime = self.store.get(ref.name, ref.version)
+            labels["model"] = runtime.metadata.name
+            return work(runtime)
         raise AssertionError("unreachable: context.abort raises")
 
     def _tensor(self, tensor: vae_pb2.Tensor, what: str) -> np.ndarray:
@@ -113,7 +137,7 @@ class VaeServicer(vae_pb2_grpc.VaeServiceServicer):
         return response
 
     def Encode(self, request: vae_pb2.EncodeRequest, context: grpc.ServicerContext):
-        def work(runtime: ModelRuntime) -> vae_pb2.EncodeResponse:
+        def work(runtime: ModelExecutor) -> vae_pb2.EncodeResponse:
             images = self._tensor(request.images, "images")
             seed = request.seed if request.HasField("seed") else None
             result = self.plane.encode(runtime, images, list(request.labels), request.sample, seed)
@@ -129,7 +153,7 @@ class VaeServicer(vae_pb2_grpc.VaeServiceServicer):
         return self._handle("Encode", context, request.model, work)
 
     def Decode(self, request: vae_pb2.DecodeRequest, context: grpc.ServicerContext):
-        def work(runtime: ModelRuntime) -> vae_pb2.DecodeResponse:
+        def work(runtime: ModelExecutor) -> vae_pb2.DecodeResponse:
             _check_enum(request.format, vae_pb2.ImageFormat, "format")
             latents = self._tensor(request.latents, "latents")
             result = self.plane.decode(runtime, latents, list(request.labels))
@@ -138,7 +162,7 @@ class VaeServicer(vae_pb2_grpc.VaeServiceServicer):
         return self._handle("Decode", context, request.model, work)
 
     def Sample(self, request: vae_pb2.SampleRequest, context: grpc.ServicerContext):
-        def work(runtime: ModelRuntime) -> vae_pb2.SampleResponse:
+        def work(runtime: ModelExecutor) -> vae_pb2.SampleResponse:
             _check_enum(request.format, vae_pb2.ImageFormat, "format")
             result = self.plane.sample(
                 runtime,
@@ -154,8 +178,32 @@ class VaeServicer(vae_pb2_grpc.VaeServiceServicer):
 
         return self._handle("Sample", context, request.model, work)
 
+    def SampleStream(self, request: vae_pb2.SampleStreamRequest, context: grpc.ServicerContext):
+        with self._call("SampleStream", context) as labels:
+            runtime = self.store.get(request.model.name, request.model.version)
+            labels["model"] = runtime.metadata.name
+            _check_enum(request.format, vae_pb2.ImageFormat, "format")
+            chunks = self.plane.sample_stream(
+                runtime,
+                request.count,
+                chunk_size=request.chunk_size,
+                seed=request.seed if request.HasField("seed") else None,
+                temperature=request.temperature,
+                label=request.label if request.HasField("label") else None,
+            )
+            offset = 0
+            for chunk in chunks:
+                if not context.is_active():
+                    labels["code"] = "CANCELLED"
+                    return
+                response = vae_pb2.SampleResponse(
+                    latents=tensor_to_proto(chunk.latents), seed=chunk.seed, offset=offset
+                )
+                yield self._fill_images(response, chunk, request.format)
+                offset += len(chunk.images)
+
     def Interpolate(self, request: vae_pb2.InterpolateRequest, context: grpc.ServicerContext):
-        def work(runtime: ModelRuntime) -> vae_pb2.InterpolateResponse:
+        def work(runtime: ModelExecutor) -> vae_pb2.InterpolateResponse:
             _check_enum(request.method, vae_pb2.InterpolationMethod, "method")
             _check_enum(request.format, vae_pb2.ImageFormat, "format")
             ends: dict[str, np.ndarray] = {}
@@ -179,13 +227,13 @@ class VaeServicer(vae_pb2_grpc.VaeServiceServicer):
         return self._handle("Interpolate", context, request.model, work)
 
     def GetModelInfo(self, request: vae_pb2.GetModelInfoRequest, context: grpc.ServicerContext):
-        def work(runtime: ModelRuntime) -> vae_pb2.ModelInfo:
+        def work(runtime: ModelExecutor) -> vae_pb2.ModelInfo:
             return model_info(runtime, self.store.versions(runtime.metadata.name))
 
         return self._handle("GetModelInfo", context, request.model, work)
 
     def ListModels(self, request: vae_pb2.ListModelsRequest, context: grpc.ServicerContext):
-        with self.metrics.track_request("ListModels"):
+        with self._call("ListModels", context):
             models = [
                 model_info(rt, self.store.versions(rt.metadata.name))
                 for rt in self.store.all_latest()

@@ -318,8 +318,11 @@ class SampleResponse(_message.Message):
     LATENTS_FIELD_NUMBER: _builtins.int
     MODEL_FIELD_NUMBER: _builtins.int
     SEED_FIELD_NUMBER: _builtins.int
+    OFFSET_FIELD_NUMBER: _builtins.int
     seed: _builtins.int
     """the seed used, so a call can be repeated"""
+    offset: _builtins.int
+    """SampleStream only: index of this chunk's first image in the whole stream"""
     @_builtins.property
     def images(self) -> Global___Tensor: ...
     @_builtins.property
@@ -338,14 +341,68 @@ class SampleResponse(_message.Message):
         latents: Global___Tensor | None = ...,
         model: Global___ModelRef | None = ...,
         seed: _builtins.int = ...,
+        offset: _builtins.int = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["images", b"images", "latents", b"latents", "model", b"model"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["images", b"images", "latents", b"latents", "model", b"model", "png", b"png", "seed", b"seed"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["images", b"images", "latents", b"latents", "model", b"model", "offset", b"offset", "png", b"png", "seed", b"seed"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
 Global___SampleResponse: _TypeAlias = SampleResponse  # noqa: Y015
+
+@_typing.final
+class SampleStreamRequest(_message.Message):
+    """SampleStream: `count` images in messages of `chunk_size`; the same seed gives the same images as
+    one Sample call of `count` would, however they are chunked.
+    """
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    MODEL_FIELD_NUMBER: _builtins.int
+    COUNT_FIELD_NUMBER: _builtins.int
+    CHUNK_SIZE_FIELD_NUMBER: _builtins.int
+    SEED_FIELD_NUMBER: _builtins.int
+    TEMPERATURE_FIELD_NUMBER: _builtins.int
+    LABEL_FIELD_NUMBER: _builtins.int
+    FORMAT_FIELD_NUMBER: _builtins.int
+    count: _builtins.int
+    """total images, 1..max_stream_samples"""
+    chunk_size: _builtins.int
+    """images per message, 1..max_samples; 0 (unset) means the server's 256"""
+    seed: _builtins.int
+    temperature: _builtins.float
+    """0 (unset) means 1.0"""
+    label: _builtins.int
+    """class for conditional models (required there)"""
+    format: Global___ImageFormat.ValueType
+    @_builtins.property
+    def model(self) -> Global___ModelRef: ...
+    def __init__(
+        self,
+        *,
+        model: Global___ModelRef | None = ...,
+        count: _builtins.int = ...,
+        chunk_size: _builtins.int = ...,
+        seed: _builtins.int | None = ...,
+        temperature: _builtins.float = ...,
+        label: _builtins.int | None = ...,
+        format: Global___ImageFormat.ValueType = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["_label", b"_label", "_seed", b"_seed", "label", b"label", "model", b"model", "seed", b"seed"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["_label", b"_label", "_seed", b"_seed", "chunk_size", b"chunk_size", "count", b"count", "format", b"format", "label", b"label", "model", b"model", "seed", b"seed", "temperature", b"temperature"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    _WhichOneofReturnType__label: _TypeAlias = _typing.Literal["label"]  # noqa: Y015
+    _WhichOneofArgType__label: _TypeAlias = _typing.Literal["_label", b"_label"]  # noqa: Y015
+    _WhichOneofReturnType__seed: _TypeAlias = _typing.Literal["seed"]  # noqa: Y015
+    _WhichOneofArgType__seed: _TypeAlias = _typing.Literal["_seed", b"_seed"]  # noqa: Y015
+    @_typing.overload
+    def WhichOneof(self, oneof_group: _WhichOneofArgType__label) -> _WhichOneofReturnType__label | None: ...
+    @_typing.overload
+    def WhichOneof(self, oneof_group: _WhichOneofArgType__seed) -> _WhichOneofReturnType__seed | None: ...
+
+Global___SampleStreamRequest: _TypeAlias = SampleStreamRequest  # noqa: Y015
 
 @_typing.final
 class ImagePair(_message.Message):

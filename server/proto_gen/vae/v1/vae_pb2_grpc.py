@@ -49,6 +49,11 @@ class VaeServiceStub:
                 request_serializer=vae_dot_v1_dot_vae__pb2.SampleRequest.SerializeToString,
                 response_deserializer=vae_dot_v1_dot_vae__pb2.SampleResponse.FromString,
                 _registered_method=True)
+        self.SampleStream = channel.unary_stream(
+                '/vae.v1.VaeService/SampleStream',
+                request_serializer=vae_dot_v1_dot_vae__pb2.SampleStreamRequest.SerializeToString,
+                response_deserializer=vae_dot_v1_dot_vae__pb2.SampleResponse.FromString,
+                _registered_method=True)
         self.Interpolate = channel.unary_unary(
                 '/vae.v1.VaeService/Interpolate',
                 request_serializer=vae_dot_v1_dot_vae__pb2.InterpolateRequest.SerializeToString,
@@ -82,6 +87,12 @@ class VaeServiceServicer:
         raise NotImplementedError('Method not implemented!')
 
     def Sample(self, request, context):
+        """Missing associated documentation comment in .proto file."""
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def SampleStream(self, request, context):
         """Missing associated documentation comment in .proto file."""
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
@@ -121,6 +132,11 @@ def add_VaeServiceServicer_to_server(servicer, server):
             'Sample': grpc.unary_unary_rpc_method_handler(
                     servicer.Sample,
                     request_deserializer=vae_dot_v1_dot_vae__pb2.SampleRequest.FromString,
+                    response_serializer=vae_dot_v1_dot_vae__pb2.SampleResponse.SerializeToString,
+            ),
+            'SampleStream': grpc.unary_stream_rpc_method_handler(
+                    servicer.SampleStream,
+                    request_deserializer=vae_dot_v1_dot_vae__pb2.SampleStreamRequest.FromString,
                     response_serializer=vae_dot_v1_dot_vae__pb2.SampleResponse.SerializeToString,
             ),
             'Interpolate': grpc.unary_unary_rpc_method_handler(
@@ -219,6 +235,33 @@ class VaeService:
             target,
             '/vae.v1.VaeService/Sample',
             vae_dot_v1_dot_vae__pb2.SampleRequest.SerializeToString,
+            vae_dot_v1_dot_vae__pb2.SampleResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def SampleStream(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_stream(
+            request,
+            target,
+            '/vae.v1.VaeService/SampleStream',
+            vae_dot_v1_dot_vae__pb2.SampleStreamRequest.SerializeToString,
             vae_dot_v1_dot_vae__pb2.SampleResponse.FromString,
             options,
             channel_credentials,

@@ -1,0 +1,210 @@
+"""Dynamic batching: the Batcher in-process, then merged and split requests through a real server."""
+
+from __future__ import annotations
+
+import threading
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+
+import grpc
+import numpy as np
+import pytest
+
+from server.batching import Batcher, BatchingConfig
+from server.codecs import tensor_to_numpy
+from server.errors import ResourceExhausted
+from tests.server_helpers import (
+    metric,
+    running_server,
+    sample_request,
+    settings,
+    stub_for,
+    wait_until,
+)
+
+
+class GatedModel:
+    """A run function that doubles its input, records batch sizes, and can be held closed."""
+
+    def __init__(self) -> None:
+        self.gate = threading.Event()
+        self.gate.set()
+        self.started = threading.Event()
+        self.batches: list[int] = []
+
+    def __call__(self, inputs):
+        self.started.set()
+        self.gate.wait(10)
+        self.batches.append(len(inputs[0]))
+        return [inputs[0] * 2.0]
+
+
+def rows(start: int, count: int) -> list[np.ndarray | None]:
+    return [np.arange(start, start + count, dtype=np.float32)[:, None]]
+
+
+def test_requests_queued_together_run_as_one_batch_and_split_back():
+    model = GatedModel()
+    # Neither full nor old enough: the three requests wait together until close() flushes them.
+    batcher = Batcher("t", model, BatchingConfig(max_batch_size=64, max_queue_delay_ms=60_000))
+    queued = [batcher.submit(rows(10 * i, i)) for i in (1, 2, 3)]
+    batcher.close()
+    results = [f.result(5)[0][:, 0].tolist() for f in queued]
+    assert (model.batches, results) == ([6], [[20.0], [40.0, 42.0], [60.0, 62.0, 64.0]])
+
+
+def test_a_full_batch_does_not_wait_for_the_queue_delay():
+    model = GatedModel()
+    batcher = Batcher("t", model, BatchingConfig(max_batch_size=4, max_queue_delay_ms=60_000))
+    futures = [batcher.submit(rows(i, 2)) for i in range(2)]
+    assert [f.result(5)[0].shape for f in futures] == [(2, 1), (2, 1)]
+
+
+def test_the_queue_delay_releases_a_partial_batch():
+    batcher = Batcher("t", GatedModel(), BatchingConfig(max_batch_size=64, max_queue_delay_ms=5))
+    assert batcher.submit(rows(3, 1)).result(5)[0][0, 0] == 6.0
+
+
+def test_a_full_queue_refuses_at_once_with_resource_exhausted():
+    model = GatedModel()
+    batcher = Batcher("m/1/decoder", model, BatchingConfig(max_batch_size=1, max_queue_rows=2))
+    model.gate.clear()
+    batcher.submit(rows(0, 1))
+    model.started.wait(5)
+    batcher.submit(rows(1, 2))  # fills the queue
+    with pytest.raises(ResourceExhausted, match=r"m/1/decoder: queue is full \(2 rows waiting"):
+        batcher.submit(rows(3, 1))
+    model.gate.set()
+
+
+def test_a_cancelled_request_is_dropped_from_its_batch():
+    model = GatedModel()
+    batcher = Batcher("t", model, BatchingConfig(max_batch_size=64, max_queue_delay_ms=60_000))
+    kept, dropped = batcher.submit(rows(1, 1)), batcher.submit(rows(2, 5))
+    dropped.cancel()
+    batcher.close()
+    kept.result(5)
+    assert model.batches == [1]
+
+
+def test_a_failing_batch_fails_every_caller_in_it_and_the_batcher_lives_on():
+    calls = []
+
+    def flaky(inputs):
+        calls.append(len(inputs[0]))
+        if len(calls) == 1:
+            raise RuntimeError("boom")
+        return [inputs[0]]
+
+    batcher = Batcher("t", flaky, BatchingConfig(max_batch_size=1, max_queue_delay_ms=0))
+    with pytest.raises(RuntimeError, match="boom"):
+        batcher.submit(rows(0, 1)).result(5)
+    assert batcher.submit(rows(1, 1)).result(5)[0][0, 0] == 1.0
+
+
+def test_batching_config_names_the_bad_value():
+    with pytest.raises(ValueError, match="max_batch_size must be at least 1, got 0"):
+        BatchingConfig(max_batch_size=0)
+
+
+# --- through a real server -------------------------------------------------------------------------
+
+
+def concurrent_samples(server, seeds: list[int]) -> list[np.ndarray]:
+    with stub_for(server) as stub, ThreadPoolExecutor(len(seeds)) as pool:
+        responses = pool.map(lambda s: stub.Sample(sample_request(seed=s), timeout=30), seeds)
+        return [tensor_to_numpy(r.images) for r in responses]
+
+
+@pytest.fixture(scope="module")
+def batching_server(repository: Path):
+    # A long delay so that concurrent requests surely meet in one batch.
+    config = settings(repository, BatchingConfig(max_batch_size=16, max_queue_delay_ms=200))
+    with running_server(config) as server:
+        yield server
+
+
+@pytest.fixture(scope="module")
+def unbatched_server(repository: Path):
+    with running_server(settings(repository, BatchingConfig(enabled=False))) as server:
+        yield server
+
+
+def test_concurrent_requests_are_merged_into_larger_batches(batching_server):
+    before = metric(batching_server, "vae_batch_size_count", model="tiny-vae", component="decoder")
+    concurrent_samples(batching_server, list(range(16)))
+    after_count = metric(
+        batching_server, "vae_batch_size_count", model="tiny-vae", component="decoder"
+    )
+    # 16 one-row requests ran in fewer onnxruntime calls than requests.
+    assert 1 <= after_count - before < 16
+
+
+def test_each_caller_gets_its_own_seeds_images_from_a_merged_batch(
+    batching_server, unbatched_server
+):
+    seeds = [101 + i for i in range(12)]
+    merged = concurrent_samples(batching_server, seeds)
+    alone = concurrent_samples(unbatched_server, seeds)
+    for got, expected in zip(merged, alone, strict=True):
+        np.testing.assert_allclose(got, expected, atol=1e-5)
+
+
+def test_batching_off_runs_each_request_alone(unbatched_server):
+    def largest_bucket_used() -> float:
+        return metric(
+            unbatched_server,
+            "vae_batch_size_bucket",
+            model="tiny-vae",
+            component="decoder",
+            le="1.0",
+        ) - metric(unbatched_server, "vae_batch_size_count", model="tiny-vae", component="decoder")
+
+    concurrent_samples(unbatched_server, list(range(8)))
+    assert largest_bucket_used() == 0.0  # every call had at most 1 row
+
+
+def test_a_full_queue_answers_resource_exhausted_at_once(repository: Path):
+    # The first request waits for company for 3 s and fills the 4-row queue meanwhile.
+    config = settings(
+        repository,
+        BatchingConfig(max_batch_size=64, max_queue_delay_ms=3000, max_queue_rows=4),
+    )
+    with running_server(config) as server, stub_for(server) as stub:
+        pending = stub.Sample.future(sample_request(count=4), timeout=30)
+        wait_until(
+            lambda: metric(server, "vae_queue_rows", model="tiny-vae", component="decoder") == 4,
+            what="the first request to be queued",
+        )
+        with pytest.raises(grpc.RpcError) as refused:
+            stub.Sample(sample_request(count=1), timeout=2)
+        assert pending.result().seed == 0
+    assert refused.value.code() == grpc.StatusCode.RESOURCE_EXHAUSTED
+    assert "queue is full (4 rows waiting, limit 4)" in refused.value.details()
+
+
+def test_per_model_batching_overrides_the_server_default(repository: Path):
+    from server.app import VaeServer
+
+    config = settings(
+        repository,
+        BatchingConfig(max_batch_size=64),
+        model_batching={"tiny-vae": BatchingConfig(enabled=False)},
+    )
+    server = VaeServer(config)
+    server.store.load_all(warm_up=False)
+    assert server.store.get("tiny-vae").config.enabled is False
+
+
+def test_a_cancelled_calls_rows_are_dropped_from_the_batch(repository: Path):
+    config = settings(repository, BatchingConfig(max_batch_size=64, max_queue_delay_ms=1500))
+    labels = {"model": "tiny-vae", "component": "decoder"}
+    cancelled = {"rpc": "Sample", "model": "tiny-vae", "code": "CANCELLED"}
+    with running_server(config) as server, stub_for(server) as stub:
+        rows_before = metric(server, "vae_batch_size_sum", **labels)
+        doomed = stub.Sample.future(sample_request(count=5), timeout=30)
+        wait_until(lambda: metric(server, "vae_queue_rows", **labels) == 5, what="5 rows queued")
+        doomed.cancel()
+        wait_until(lambda: metric(server, "vae_requests_total", **cancelled) == 1, what="cancel")
+        stub.Sample(sample_request(count=1), timeout=30)
+        assert metric(server, "vae_batch_size_sum", **labels) - rows_before == 1
