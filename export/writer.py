@@ -20,15 +20,16 @@ from server.repository import (
 )
 
 
-def existing_sha256(repository: Path, name: str) -> dict[str, int]:
-    """checkpoint sha256 -> version, for the readable versions of a model already in the repository."""
+def existing_sha256(repository: Path, name: str, precision: str = "fp32") -> dict[str, int]:
+    """checkpoint sha256 -> version, for the readable versions of a model already in the repository
+    exported at `precision` (the same checkpoint at another precision is a different export)."""
     found: dict[str, int] = {}
     for version in list_versions(repository / name):
         try:
             meta = read_metadata(repository / name / str(version))
         except RepositoryError:
             continue
-        if meta.checkpoint_sha256:
+        if meta.checkpoint_sha256 and meta.precision == precision:
             found[meta.checkpoint_sha256] = version
     return found
 

@@ -181,11 +181,15 @@ def _load_images(paths: list[Path], image_shape: tuple[int, ...]) -> np.ndarray:
     return np.concatenate(batches)
 
 
-def _write_images(images: np.ndarray, output: Path, out_format: str, columns: int) -> None:
+def _write_images(
+    images: np.ndarray, output: Path, out_format: str, columns: int, scale: int = 1
+) -> None:
     output.parent.mkdir(parents=True, exist_ok=True)
     if out_format == "npy":
         np.save(output, images)
     else:
+        if scale > 1:  # nearest-neighbour upscaling keeps the model's pixels visible as they are
+            images = images.repeat(scale, axis=2).repeat(scale, axis=3)
         output.write_bytes(grid_png(images, columns or len(images)))
     print(f"wrote {len(images)} images to {output}")
 
@@ -228,6 +232,7 @@ def build_parser() -> argparse.ArgumentParser:
             default=columns,
             help="PNG grid width in images (0: all in a row)",
         )
+        p.add_argument("--scale", type=int, default=1, help="enlarge PNG pixels this many times")
 
     sample = commands.add_parser("sample", help="draw images from the prior")
     sample.add_argument("--count", type=int, default=64)
@@ -280,7 +285,7 @@ def run(args: argparse.Namespace) -> int:
                 args.count, args.seed, args.temperature, args.label, **ref
             )
             print(f"seed {seed}")
-            _write_images(images, args.output, args.out_format, args.columns)
+            _write_images(images, args.output, args.out_format, args.columns, args.scale)
             return 0
         info = client.info(**ref)
         image_shape = tuple(info.image_shape)
@@ -291,7 +296,7 @@ def run(args: argparse.Namespace) -> int:
         elif args.command == "decode":
             latents = np.load(args.input, allow_pickle=False).astype(np.float32)
             images = client.decode(latents, args.labels, **ref)
-            _write_images(images, args.output, args.out_format, args.columns)
+            _write_images(images, args.output, args.out_format, args.columns, args.scale)
         elif args.command == "interpolate":
             if (args.start is None) != (args.end is None):
                 raise SystemExit("vae-client interpolate: give both --start and --end, or neither")
@@ -309,7 +314,7 @@ def run(args: argparse.Namespace) -> int:
             images, _ = client.interpolate(
                 start, end, args.steps, args.method, kind, args.label, **ref
             )
-            _write_images(images, args.output, args.out_format, args.columns)
+            _write_images(images, args.output, args.out_format, args.columns, args.scale)
     return 0
 
 

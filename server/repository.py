@@ -20,6 +20,8 @@ FORMAT_VERSION = 1
 
 MODEL_KINDS = ("vae", "cvae", "ae")
 LIKELIHOODS = ("bernoulli", "gaussian")
+# Arithmetic inside the graphs; inputs and outputs are float32 either way, so the server feeds both alike.
+PRECISIONS = ("fp32", "fp16")
 
 # Names become directory names and metric labels: letters, digits, '.', '_' and '-', not starting with
 # a dot, so no name can be '..', hidden, or contain a path separator.
@@ -66,6 +68,8 @@ class ModelMetadata:
     tensors: TensorNames = field(default_factory=TensorNames)
     metrics: dict[str, float] = field(default_factory=dict)  # training figures, e.g. test_elbo
     parity: dict[str, float] = field(default_factory=dict)  # ONNX vs PyTorch differences
+    parity_inputs: str = ""  # what the parity check fed the encoder, e.g. "mnist test set"
+    precision: str = "fp32"  # fp32, or fp16 inside the graphs with float32 inputs and outputs
     checkpoint_sha256: str = ""
     exported_at: str = ""
     model_config: dict[str, Any] = field(default_factory=dict)
@@ -98,6 +102,8 @@ class ModelMetadata:
                 tensors=tensors,
                 metrics={k: float(v) for k, v in data.get("metrics", {}).items()},
                 parity={k: float(v) for k, v in data.get("parity", {}).items()},
+                parity_inputs=str(data.get("parity_inputs", "")),
+                precision=str(data.get("precision", "fp32")),
                 checkpoint_sha256=str(data.get("checkpoint_sha256", "")),
                 exported_at=str(data.get("exported_at", "")),
                 model_config=dict(data.get("model_config", {})),
@@ -114,6 +120,8 @@ class ModelMetadata:
             problems.append(f"kind {self.kind!r} is not one of {MODEL_KINDS}")
         if self.likelihood not in LIKELIHOODS:
             problems.append(f"likelihood {self.likelihood!r} is not one of {LIKELIHOODS}")
+        if self.precision not in PRECISIONS:
+            problems.append(f"precision {self.precision!r} is not one of {PRECISIONS}")
         if self.latent_dim <= 0:
             problems.append(f"latent_dim must be positive, got {self.latent_dim}")
         if len(self.image_shape) != 3 or any(d <= 0 for d in self.image_shape):

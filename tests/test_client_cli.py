@@ -53,3 +53,9 @@ def test_info_prints_json(live_server, capsys):
 def test_server_errors_exit_non_zero_with_the_status(live_server, capsys):
     assert client(live_server, "sample", "--count", "100000") == 1
     assert "RESOURCE_EXHAUSTED" in capsys.readouterr().err
+
+
+def test_scale_enlarges_each_pixel(live_server, tmp_path):
+    out = tmp_path / "big.png"
+    assert client(live_server, "sample", "--count", "1", "--scale", "3", "-o", str(out)) == 0
+    assert Image.open(out).size == (84 + 4, 84 + 4)  # one 84 px image plus 2 px padding each side

@@ -29,12 +29,9 @@ def _add_fields(parser: argparse.ArgumentParser, config: object, prefix: str) ->
         help_text = f"default {default!r} [{env}]"
         if isinstance(default, tuple):
             group.add_argument(_flag(f.name), type=int, nargs="+", default=None, help=help_text)
-        elif isinstance(default, bool):
+        elif isinstance(default, bool):  # `--resume` alone means true; `--amp false` also works
             group.add_argument(
-                _flag(f.name),
-                type=lambda s: s.lower() in ("1", "true", "yes"),
-                default=None,
-                help=help_text,
+                _flag(f.name), type=_boolean, nargs="?", const=True, default=None, help=help_text
             )
         else:
             group.add_argument(_flag(f.name), type=type(default), default=None, help=help_text)
@@ -52,12 +49,32 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
-def _coerce(value: str, default: Any) -> Any:
-    if isinstance(default, tuple):
-        return tuple(int(v) for v in value.replace(",", " ").split())
-    if isinstance(default, bool):
-        return value.lower() in ("1", "true", "yes")
-    return type(default)(value)
+def _boolean(value: str) -> bool:
+    lowered = value.lower()
+    if lowered not in ("1", "true", "yes", "on", "0", "false", "no", "off"):
+        raise argparse.ArgumentTypeError(f"{value!r} is not a boolean; use true or false")
+    return lowered in ("1", "true", "yes", "on")
+
+
+def _coerce(value: Any, default: Any, name: str) -> Any:
+    """A YAML, environment or flag value as the type of the field's default, or a clear error."""
+    try:
+        if isinstance(default, tuple):
+            if isinstance(value, str):
+                value = value.replace(",", " ").split()
+            return tuple(int(v) for v in value)
+        if isinstance(default, bool):
+            return value if isinstance(value, bool) else _boolean(str(value))
+        if isinstance(default, float) and isinstance(value, int):
+            return float(value)
+        if isinstance(value, type(default)):
+            return value
+        return type(default)(value)
+    except (TypeError, ValueError, argparse.ArgumentTypeError) as exc:
+        raise SystemExit(
+            f"vae-train: field {name!r} expects {type(default).__name__} like {default!r}, got "
+            f"{value!r} ({exc})"
+        ) from exc
 
 
 def config_from_args(args: argparse.Namespace) -> TrainConfig:
@@ -67,6 +84,8 @@ def config_from_args(args: argparse.Namespace) -> TrainConfig:
     if args.config is not None:
         import yaml
 
+        if not args.config.is_file():
+            raise SystemExit(f"vae-train: config file {args.config} does not exist")
         loaded = yaml.safe_load(args.config.read_text()) or {}
         if not isinstance(loaded, dict):
             raise SystemExit(
@@ -80,16 +99,21 @@ def config_from_args(args: argparse.Namespace) -> TrainConfig:
             default = getattr(template, f.name)
             if dataclasses.is_dataclass(default):
                 continue
+            if f.name in target:
+                target[f.name] = _coerce(target[f.name], default, f.name)
             env = os.environ.get("VAE_" + f.name.upper())
             if env is not None:
-                target[f.name] = _coerce(env, default)
+                target[f.name] = _coerce(env, default, f.name)
             if values.get(f.name) is not None:
                 target[f.name] = values[f.name]
     known_train = {f.name for f in dataclasses.fields(TrainConfig)}
     known_model = {f.name for f in dataclasses.fields(ModelConfig)}
     unknown = (set(layers) - known_train) | (set(model_layers) - known_model)
     if unknown:
-        raise SystemExit(f"vae-train: unknown config fields {sorted(unknown)}")
+        raise SystemExit(
+            f"vae-train: unknown config fields {sorted(unknown)}; training fields are "
+            f"{sorted(known_train - {'model'})}, model fields (under 'model:') are {sorted(known_model)}"
+        )
     model = ModelConfig.from_dict({**ModelConfig().to_dict(), **model_layers})
     return TrainConfig(**layers, model=model)
 

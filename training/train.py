@@ -1,9 +1,9 @@
-"""The training loop: data in memory, Adam, per-epoch validation and test ELBO, checkpoints, logs."""
+"""The training loop: Adam, KL annealing, optional AMP / torch.compile / DDP, per-epoch validation
+and test ELBO, a checkpoint each epoch plus the best, exact resume, JSON-lines and TensorBoard logs."""
 
 from __future__ import annotations
 
 import json
-import logging
 import math
 import time
 from dataclasses import asdict, dataclass, field
@@ -11,32 +11,55 @@ from pathlib import Path
 from typing import Any
 
 import torch
+from torch.nn.parallel import DistributedDataParallel
 
-from training.checkpoint import save_checkpoint
-from training.data import TensorDataset, train_val_test
+from training import distributed, figures
+from training.annealing import Annealing, kl_weight
+from training.batching import epoch_seed, load_data
+from training.checkpoint import load_checkpoint, save_checkpoint
+from training.evaluation import evaluate, iwae_nll
 from training.losses import negative_elbo
-from training.models import GenerativeModel, ModelConfig, build_model
+from training.models import ModelConfig, build_model
 
-log = logging.getLogger(__name__)
+LR_SCHEDULES = ("constant", "cosine")
+RESUME_KEYS = ("optimizer_state", "scheduler_state", "epoch", "step", "best_val_loss", "history")
 
 
 @dataclass
 class TrainConfig:
-    """One training run; every field is also a `vae-train` flag."""
+    """One training run; every field is also a `vae-train` flag and a VAE_<FIELD> variable."""
 
-    dataset: str = "fashion-mnist"
+    dataset: str = "fashion-mnist"  # fashion-mnist, mnist or celeba (any folder of images)
     data_dir: str = ""  # empty: VAE_DATA_DIR, the Debian package's folder, then download
     run_dir: str = "runs/mlp-vae"
     epochs: int = 10
     batch_size: int = 128  # the classic example's batch size
     learning_rate: float = 1e-3  # Adam's usual default, as in the classic example
-    beta: float = 1.0  # weight of the KL term; 1 is the ELBO, > 1 a beta-VAE
+    lr_schedule: str = "constant"  # or cosine: decay to 0 over the run's steps
+    beta: float = 1.0  # weight of the KL term; 1 is the ELBO, > 1 a beta-VAE (Higgins et al. 2017)
+    kl_anneal: str = "none"  # none, linear (warm-up) or cyclical (Fu et al. 2019)
+    kl_warmup: int = 0  # linear: warm-up length in kl_warmup_unit
+    kl_warmup_unit: str = "epoch"  # epoch or step
+    kl_cycles: int = 4  # cyclical: M, as in Fu et al. 2019
+    kl_cycle_ratio: float = 0.5  # cyclical: R, the rising share of each cycle (Fu et al. 2019)
     seed: int = 0
     val_size: int = 5000  # rows held out of the training set for choosing the best checkpoint
+    test_size: int = 0  # image folders without an official split: rows held out for test
     train_subset: int = 0  # train on the first N training rows only (0: all); for quick checks
     max_steps: int = 0  # stop after this many optimiser steps in total (0: no limit)
     eval_batch_size: int = 1000
     device: str = "auto"  # auto picks cuda when available
+    threads: int = 0  # CPU threads for torch (0: its default); 1 suits small models on busy CPUs
+    amp: bool = False  # mixed precision: float16 with loss scaling on CUDA, bfloat16 on CPU
+    compile: bool = False  # torch.compile the training forward pass
+    grad_clip: float = 0.0  # clip the gradient's global norm to this (0: off)
+    num_workers: int = 2  # DataLoader workers for image folders (tensor data needs none)
+    progress: bool = True  # a progress bar with the running loss (drawn on a terminal only)
+    tensorboard: bool = True  # scalars under <run_dir>/tensorboard
+    figures: bool = True  # pictures in the run directory after training
+    iwae_samples: int = 50  # k of the final IWAE bound (Burda et al. 2015 use 5000); 0 skips it
+    iwae_images: int = 1000  # test images the IWAE bound averages over (0: all)
+    resume: bool = False  # continue from <run_dir>/last.pt: model, optimiser, scheduler, epoch
     model: ModelConfig = field(default_factory=ModelConfig)
 
     def to_dict(self) -> dict[str, Any]:
@@ -44,169 +67,244 @@ class TrainConfig:
         data["model"] = self.model.to_dict()
         return data
 
+    def annealing(self) -> Annealing:
+        return Annealing(
+            self.kl_anneal, self.beta, self.kl_warmup, self.kl_warmup_unit,
+            self.kl_cycles, self.kl_cycle_ratio,
+        )  # fmt: skip
+
 
 class NonFiniteLoss(RuntimeError):
     """The loss became NaN or infinite; the last good checkpoint is kept."""
 
 
-def pick_device(name: str) -> torch.device:
-    if name == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    return torch.device(name)
-
-
-def _labels(model: GenerativeModel, labels: torch.Tensor) -> torch.Tensor | None:
+def _labels(model, labels: torch.Tensor) -> torch.Tensor | None:
     return labels if model.config.num_classes else None
 
 
-@torch.no_grad()
-def evaluate(
-    model: GenerativeModel,
-    data: TensorDataset,
-    likelihood: str,
-    batch_size: int = 1000,
-    seed: int = 0,
-) -> dict[str, float]:
-    """Mean per-image negative ELBO and its terms over a whole split (beta = 1, one z sample each).
-
-    The sampling noise is drawn from a fixed seed so that two evaluations of the same weights agree.
-    """
-    was_training = model.training
-    model.eval()
-    totals = {"loss": 0.0, "reconstruction": 0.0, "kl": 0.0}
-    with torch.random.fork_rng(devices=[]):
-        torch.manual_seed(seed)
-        for start in range(0, len(data), batch_size):
-            images = data.images[start : start + batch_size]
-            labels = _labels(model, data.labels[start : start + batch_size])
-            terms = negative_elbo(model(images, labels), images, likelihood).as_floats()
-            for key, value in terms.items():
-                totals[key] += value * len(images)
-    model.train(was_training)
-    return {key: value / len(data) for key, value in totals.items()}
+def _scheduler(config: TrainConfig, optimiser, total_steps: int):
+    if config.lr_schedule not in LR_SCHEDULES:
+        raise ValueError(
+            f"unknown lr_schedule {config.lr_schedule!r}; choose one of {LR_SCHEDULES}"
+        )
+    if config.lr_schedule == "cosine":
+        return torch.optim.lr_scheduler.CosineAnnealingLR(optimiser, T_max=max(total_steps, 1))
+    return torch.optim.lr_scheduler.LambdaLR(optimiser, lambda _: 1.0)
 
 
 def train(config: TrainConfig) -> dict[str, Any]:
     """Train, evaluate each epoch, write checkpoints and logs into `config.run_dir`; final summary."""
-    torch.manual_seed(config.seed)
-    device = pick_device(config.device)
+    annealing = config.annealing()  # validates the schedule before any work
+    if config.threads > 0:
+        torch.set_num_threads(config.threads)
+    ranks, device = distributed.setup(config.device)
+    try:
+        return _train(config, annealing, ranks, device)
+    finally:
+        distributed.teardown(ranks)
+
+
+def _train(config, annealing, ranks, device) -> dict[str, Any]:
     run_dir = Path(config.run_dir)
-    run_dir.mkdir(parents=True, exist_ok=True)
-    data_dir = Path(config.data_dir) if config.data_dir else None
-    train_set, val_set, test_set = train_val_test(
-        config.dataset, data_dir, config.val_size, config.seed
-    )
-    if config.train_subset:
-        train_set = train_set.subset(slice(0, config.train_subset))
-    train_set, val_set, test_set = (d.to(device) for d in (train_set, val_set, test_set))
-    model_config = config.model
-    model_config.image_shape = tuple(train_set.images.shape[1:])  # type: ignore[assignment]
+    resumed = load_checkpoint(run_dir / "last.pt") if config.resume else None
+    data = load_data(config, device, ranks.rank, ranks.world_size)
+    if resumed is not None:
+        model_config = ModelConfig.from_dict(resumed["model_config"])
+    else:
+        model_config = config.model
+        model_config.image_shape = tuple(data.figure_images.shape[1:])  # type: ignore[assignment]
+    config.model = model_config
+    torch.manual_seed(config.seed)
     model = build_model(model_config).to(device)
-    optimiser = torch.optim.Adam(model.parameters(), lr=config.learning_rate)
-    (run_dir / "config.json").write_text(json.dumps(config.to_dict(), indent=2) + "\n")
-    log_file = (run_dir / "log.jsonl").open("a", encoding="utf-8")
+    # The fused kernel updates all parameters in one pass: ~20% less step time for the MLP on CPU.
+    fused = device.type in ("cpu", "cuda")
+    optimiser = torch.optim.Adam(model.parameters(), lr=config.learning_rate, fused=fused)
+    steps_per_epoch = len(data.train)
+    total_steps = config.epochs * steps_per_epoch
+    total_steps = min(total_steps, config.max_steps) if config.max_steps else total_steps
+    scheduler = _scheduler(config, optimiser, total_steps)
+    use_scaler = config.amp and device.type == "cuda"
+    scaler = torch.amp.GradScaler(device.type, enabled=use_scaler)
+    amp_dtype = torch.float16 if device.type == "cuda" else torch.bfloat16
+    start_epoch, step, best_val, history = 1, 0, math.inf, []
+    if resumed is not None:
+        missing = sorted(set(RESUME_KEYS) - set(resumed))
+        if missing:
+            raise ValueError(
+                f"{run_dir / 'last.pt'} lacks {missing} (written by an older vae-train); it can be "
+                "exported, but not resumed: start a new run without --resume"
+            )
+        model.load_state_dict(resumed["model_state"])
+        optimiser.load_state_dict(resumed["optimizer_state"])
+        scheduler.load_state_dict(resumed["scheduler_state"])
+        scaler.load_state_dict(resumed.get("scaler_state") or scaler.state_dict())
+        start_epoch, step = int(resumed["epoch"]) + 1, int(resumed["step"])
+        best_val, history = float(resumed["best_val_loss"]), list(resumed["history"])
+    forward = DistributedDataParallel(model) if ranks.enabled else model
+    forward = torch.compile(forward) if config.compile else forward
+    writer = log_file = None
+    if ranks.is_main:
+        run_dir.mkdir(parents=True, exist_ok=True)
+        (run_dir / "config.json").write_text(json.dumps(config.to_dict(), indent=2) + "\n")
+        # A new run starts a new log; a resumed one carries on with it.
+        log_file = (run_dir / "log.jsonl").open("a" if resumed else "w", encoding="utf-8")
+        if config.tensorboard:
+            from torch.utils.tensorboard import SummaryWriter
+
+            # Scalars are indexed by epoch; a resumed run drops any it is about to write again.
+            purge = start_epoch if resumed is not None else None
+            writer = SummaryWriter(str(run_dir / "tensorboard"), purge_step=purge)
+        print(
+            f"training {model_config.kind}/{model_config.architecture} on {config.dataset} "
+            f"({data.sizes['train']} train, {data.sizes['val']} val, {data.sizes['test']} test) "
+            f"on {device}" + (f", {ranks.world_size} processes" if ranks.enabled else "")
+            + (f", resuming after epoch {start_epoch - 1}" if resumed else ""),
+            flush=True,
+        )  # fmt: skip
     likelihood = model_config.likelihood
-    generator = torch.Generator(device=device).manual_seed(config.seed)
-    best_val = math.inf
-    step = 0
-    history: list[dict[str, Any]] = []
-    print(
-        f"training {model_config.kind}/{model_config.architecture} on {config.dataset} "
-        f"({len(train_set)} train, {len(val_set)} val, {len(test_set)} test) on {device}",
-        flush=True,
-    )
-    for epoch in range(1, config.epochs + 1):
-        model.train()
-        started = time.perf_counter()
-        order = torch.randperm(len(train_set), generator=generator, device=device)
-        running = {"loss": 0.0, "reconstruction": 0.0, "kl": 0.0}
-        seen = 0
-        for start in range(0, len(order), config.batch_size):
-            index = order[start : start + config.batch_size]
-            images = train_set.images[index]  # (B, C, H, W)
-            labels = _labels(model, train_set.labels[index])
-            terms = negative_elbo(model(images, labels), images, likelihood, config.beta)
-            if not torch.isfinite(terms.loss):
-                log_file.close()
-                raise NonFiniteLoss(
-                    f"loss became {float(terms.loss)} at epoch {epoch}, step {step}; stopped. The "
-                    f"last good checkpoint is {run_dir / 'last.pt'}. Lower --learning-rate or "
-                    "tighten the log-variance clamp."
-                )
-            optimiser.zero_grad(set_to_none=True)
-            terms.loss.backward()
-            optimiser.step()
-            step += 1
-            for key, value in terms.as_floats().items():
-                running[key] += value * len(images)
-            seen += len(images)
+    try:
+        for epoch in range(start_epoch, config.epochs + 1):
             if config.max_steps and step >= config.max_steps:
                 break
-        epoch_seconds = time.perf_counter() - started
-        train_terms = {k: v / max(seen, 1) for k, v in running.items()}
-        val_terms = (
-            evaluate(model, val_set, likelihood, config.eval_batch_size) if len(val_set) else {}
+            model.train()
+            torch.manual_seed(
+                epoch_seed(config.seed, epoch, ranks.rank)
+            )  # reparameterisation noise
+            started = time.perf_counter()
+            running = torch.zeros(3, device=device)  # sums of loss, reconstruction, KL
+            seen = 0
+            weight = kl_weight(annealing, step, steps_per_epoch, total_steps)
+            bar = _progress(config, ranks, steps_per_epoch, epoch)
+            for images, labels in data.train.epoch(epoch):
+                weight = kl_weight(annealing, step, steps_per_epoch, total_steps)
+                with torch.autocast(device.type, dtype=amp_dtype, enabled=config.amp):
+                    output = forward(images, _labels(model, labels))
+                terms = negative_elbo(output, images, likelihood, weight)
+                if distributed.any_rank(not bool(torch.isfinite(terms.loss)), ranks, device):
+                    raise NonFiniteLoss(
+                        f"loss became {float(terms.loss.detach())} at epoch {epoch}, step {step}; stopped. "
+                        f"The last good checkpoint is {run_dir / 'last.pt'}. Lower "
+                        "--learning-rate, set --grad-clip, or tighten --logvar-max."
+                    )
+                optimiser.zero_grad(set_to_none=True)
+                scaler.scale(terms.loss).backward()
+                if config.grad_clip > 0:
+                    scaler.unscale_(optimiser)
+                    torch.nn.utils.clip_grad_norm_(model.parameters(), config.grad_clip)
+                scaler.step(optimiser)
+                scaler.update()
+                scheduler.step()
+                step += 1
+                batch_terms = torch.stack([terms.loss, terms.reconstruction, terms.kl]).detach()
+                running += batch_terms * len(images)
+                seen += len(images)
+                if bar is not None and step % 20 == 0:
+                    bar.set_postfix(loss=f"{float(running[0]) / seen:.2f}", beta=f"{weight:.2f}")
+                if bar is not None:
+                    bar.update(1)
+                if config.max_steps and step >= config.max_steps:
+                    break
+            if bar is not None:
+                bar.close()
+            epoch_seconds = time.perf_counter() - started
+            if ranks.is_main:
+                train_terms = dict(
+                    zip(
+                        ("loss", "reconstruction", "kl"),
+                        (running / max(seen, 1)).tolist(),
+                        strict=True,
+                    )
+                )
+                record = _epoch_record(
+                    model, data, likelihood, epoch, step, epoch_seconds, train_terms
+                )
+                record.update(kl_weight=weight, learning_rate=scheduler.get_last_lr()[0])
+                history.append(record)
+                _log(record, log_file, writer)
+                val_loss = record.get("val_loss", record["test_loss"])
+                best_val = min(best_val, val_loss)
+                payload = {
+                    "model_config": model_config.to_dict(),
+                    "model_state": {k: v.detach().cpu() for k, v in model.state_dict().items()},
+                    "optimizer_state": optimiser.state_dict(),
+                    "scheduler_state": scheduler.state_dict(),
+                    "scaler_state": scaler.state_dict(),
+                    "train_config": config.to_dict(),
+                    "epoch": epoch,
+                    "step": step,
+                    "best_val_loss": best_val,
+                    "metrics": {k: v for k, v in record.items() if k.startswith(("test_", "val_"))},
+                    "history": history,
+                    "dataset": config.dataset,
+                    "class_names": list(data.class_names),
+                }
+                save_checkpoint(run_dir / "last.pt", payload)
+                if val_loss <= best_val:
+                    save_checkpoint(run_dir / "best.pt", payload)
+            distributed.barrier(ranks)
+    finally:
+        if log_file is not None:
+            log_file.close()
+        if writer is not None:
+            writer.close()
+    if not ranks.is_main:
+        return {"rank": ranks.rank, "steps": step}
+    return _finish(config, model, data, history, run_dir, step, ranks)
+
+
+def _progress(config, ranks, steps_per_epoch: int, epoch: int):
+    if not (config.progress and ranks.is_main):
+        return None
+    from tqdm import tqdm
+
+    # disable=None: drawn on a terminal only, so logs of batch jobs stay free of bar frames.
+    return tqdm(total=steps_per_epoch, desc=f"epoch {epoch}", leave=False, disable=None)
+
+
+def _epoch_record(model, data, likelihood, epoch, step, seconds, train_terms) -> dict[str, Any]:
+    val_terms = evaluate(model, data.val.epoch(), likelihood) if data.val is not None else {}
+    test_terms = evaluate(model, data.test.epoch(), likelihood)
+    return {
+        "epoch": epoch,
+        "step": step,
+        "epoch_seconds": round(seconds, 3),
+        **{f"train_{k}": v for k, v in train_terms.items()},
+        **{f"val_{k}": v for k, v in val_terms.items()},
+        **({"val_elbo": -val_terms["loss"]} if val_terms else {}),
+        **{f"test_{k}": v for k, v in test_terms.items()},
+        "test_elbo": -test_terms["loss"],
+    }
+
+
+def _log(record: dict[str, Any], log_file, writer) -> None:
+    log_file.write(json.dumps(record) + "\n")
+    log_file.flush()
+    if writer is not None:
+        for key, value in record.items():
+            if key not in ("epoch", "step"):
+                writer.add_scalar(key.replace("_", "/", 1), value, record["epoch"])
+        writer.flush()
+    print(
+        f"epoch {record['epoch']:3d}  train loss {record['train_loss']:.2f}  "
+        f"test loss {record['test_loss']:.2f} (recon {record['test_reconstruction']:.2f}, "
+        f"KL {record['test_kl']:.2f})  beta {record['kl_weight']:.2f}  "
+        f"{record['epoch_seconds']:.1f}s",
+        flush=True,
+    )
+
+
+def _finish(config, model, data, history, run_dir: Path, step: int, ranks) -> dict[str, Any]:
+    """The final summary: last epoch's figures, the IWAE bound, and the pictures."""
+    summary: dict[str, Any] = {"run_dir": str(run_dir), "epochs": len(history), "steps": step}
+    summary["world_size"] = ranks.world_size
+    summary.update(history[-1] if history else {})
+    bernoulli_vae = model.variational and model.config.likelihood == "bernoulli"
+    if config.iwae_samples > 0 and bernoulli_vae:
+        nll = iwae_nll(model, data.test.epoch(), config.iwae_samples, config.iwae_images)
+        summary.update(test_iwae_nll=nll, iwae_samples=config.iwae_samples)
+    if config.figures:
+        summary["figures"] = figures.save_all(
+            model, data.figure_images, data.figure_labels, data.class_names, history, run_dir
         )
-        test_terms = evaluate(model, test_set, likelihood, config.eval_batch_size)
-        record = {
-            "epoch": epoch,
-            "step": step,
-            "epoch_seconds": round(epoch_seconds, 3),
-            **{f"train_{k}": v for k, v in train_terms.items()},
-            **{f"val_{k}": v for k, v in val_terms.items()},
-            **{f"test_{k}": v for k, v in test_terms.items()},
-            "test_elbo": -test_terms["loss"],
-        }
-        history.append(record)
-        log_file.write(json.dumps(record) + "\n")
-        log_file.flush()
-        print(
-            f"epoch {epoch:3d}  train loss {train_terms['loss']:.2f}  "
-            f"test loss {test_terms['loss']:.2f} (recon {test_terms['reconstruction']:.2f}, "
-            f"KL {test_terms['kl']:.2f})  {epoch_seconds:.1f}s",
-            flush=True,
-        )
-        payload = {
-            "model_config": model_config.to_dict(),
-            "model_state": {k: v.detach().cpu() for k, v in model.state_dict().items()},
-            "optimizer_state": optimiser.state_dict(),
-            "train_config": config.to_dict(),
-            "epoch": epoch,
-            "step": step,
-            "metrics": {k: v for k, v in record.items() if k.startswith(("test_", "val_"))},
-            "history": history,
-            "dataset": config.dataset,
-            "class_names": list(train_set.class_names),
-        }
-        save_checkpoint(run_dir / "last.pt", payload)
-        val_loss = val_terms.get("loss", test_terms["loss"])
-        if val_loss < best_val:
-            best_val = val_loss
-            save_checkpoint(run_dir / "best.pt", payload)
-        if config.max_steps and step >= config.max_steps:
-            break
-    log_file.close()
-    summary = {"run_dir": str(run_dir), "epochs": len(history), "steps": step, **history[-1]}
     (run_dir / "metrics.json").write_text(json.dumps(summary, indent=2) + "\n")
-    _save_figures(model, test_set, run_dir)
     return summary
-
-
-@torch.no_grad()
-def _save_figures(model: GenerativeModel, test_set: TensorDataset, run_dir: Path) -> None:
-    """samples.png (64 prior draws) and reconstructions.png (originals above, reconstructions below)."""
-    from torchvision.utils import save_image
-
-    model.eval()
-    with torch.random.fork_rng(devices=[]):
-        torch.manual_seed(0)
-        labels = None
-        if model.config.num_classes:
-            labels = torch.arange(64, device=test_set.images.device) % model.config.num_classes
-        save_image(model.sample(64, labels).cpu(), run_dir / "samples.png", nrow=8)
-        images = test_set.images[:8]
-        mean, _ = model.encode(images, _labels(model, test_set.labels[:8]))
-        reconstructions = model.decode(mean, _labels(model, test_set.labels[:8]))
-        save_image(
-            torch.cat([images, reconstructions]).cpu(), run_dir / "reconstructions.png", nrow=8
-        )

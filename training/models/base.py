@@ -20,7 +20,7 @@ class ModelConfig:
     latent_dim: int = 20
     num_classes: int = 0  # > 0 for conditional models
     likelihood: str = "bernoulli"  # bernoulli (BCE) or gaussian (MSE)
-    # Clamp of the encoder's log-variance: exp(20) and exp(-30) bound std to [3e-7, 2.2e4], so a
+    # Clamp of the encoder's log-variance (configurable): exp(20) and exp(-30) bound std to [3e-7, 2.2e4], so a
     # wild early step cannot overflow exp() into inf and NaN.
     logvar_min: float = -30.0
     logvar_max: float = 20.0
@@ -80,9 +80,13 @@ class GenerativeModel(nn.Module):
         """(N, C, H, W) -> mean (N, D), log-variance (N, D) or None."""
         raise NotImplementedError
 
+    def decode_logits(self, z: torch.Tensor, labels: torch.Tensor | None = None) -> torch.Tensor:
+        """(N, D) -> (N, C, H, W) pre-sigmoid logits; subclasses implement this or `decode`."""
+        raise NotImplementedError
+
     def decode(self, z: torch.Tensor, labels: torch.Tensor | None = None) -> torch.Tensor:
         """(N, D) -> (N, C, H, W) in [0, 1]."""
-        raise NotImplementedError
+        return torch.sigmoid(self.decode_logits(z, labels))
 
     def reparameterise(self, mean: torch.Tensor, log_variance: torch.Tensor) -> torch.Tensor:
         """z = mean + std * eps with eps ~ N(0, I) (Kingma & Welling 2014, section 2.4)."""
@@ -95,7 +99,9 @@ class GenerativeModel(nn.Module):
     def forward(self, x: torch.Tensor, labels: torch.Tensor | None = None) -> ModelOutput:
         mean, log_variance = self.encode(x, labels)
         z = mean if log_variance is None else self.reparameterise(mean, log_variance)
-        return ModelOutput(self.decode(z, labels), mean, log_variance, z)
+        # The logits let the Bernoulli loss use BCE-with-logits: exact where sigmoid saturates.
+        logits = self.decode_logits(z, labels)
+        return ModelOutput(torch.sigmoid(logits), mean, log_variance, z, {"logits": logits})
 
     @torch.no_grad()
     def sample(

@@ -54,9 +54,9 @@ class MLPVAE(GenerativeModel):
             return mean, None
         return mean, self.clamp_log_variance(self.to_log_variance(h))
 
-    def decode(self, z: torch.Tensor, labels: torch.Tensor | None = None) -> torch.Tensor:
+    def decode_logits(self, z: torch.Tensor, labels: torch.Tensor | None = None) -> torch.Tensor:
         condition = self.one_hot(labels)
         if condition is not None:
             z = torch.cat([z, condition], dim=1)
         logits = self.decoder_body(z)  # (N, C*H*W)
-        return torch.sigmoid(logits).view(-1, *self.config.image_shape)
+        return logits.view(-1, *self.config.image_shape)  # (N, C, H, W)

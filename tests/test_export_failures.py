@@ -1,0 +1,164 @@
+"""Bad inputs to export: each refused with a message saying what was wrong, and nothing half-written."""
+
+from __future__ import annotations
+
+import contextlib
+import io
+import os
+import pickle
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+
+from export.cli import main
+from export.parity import ParityError
+from export.pipeline import export_checkpoint
+from server.model_store import ModelStore
+from server.repository import list_versions
+from server.runtime import RuntimeOptions
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+class Payload:
+    """What an attacker would pickle: unpickling it would create the file named in `marker`."""
+
+    def __init__(self, marker: Path) -> None:
+        self.marker = marker
+
+    def __reduce__(self):
+        return (Path.touch, (self.marker,))
+
+
+def test_corrupt_checkpoint_fails_with_a_clear_reason(tmp_path):
+    checkpoint = tmp_path / "run" / "best.pt"
+    checkpoint.parent.mkdir()
+    checkpoint.write_bytes(b"PK\x03\x04 this is not a zip archive")
+    result = export_checkpoint(checkpoint, tmp_path / "repo")
+    assert (result.status, "not a readable PyTorch checkpoint" in result.detail) == ("failed", True)
+
+
+def test_foreign_torch_file_is_refused_as_not_a_vae_train_checkpoint(tmp_path):
+    checkpoint = tmp_path / "resnet.pt"
+    torch.save({"state_dict": {"fc.weight": torch.zeros(2, 2)}}, checkpoint)
+    result = export_checkpoint(checkpoint, tmp_path / "repo")
+    assert "not a checkpoint written by vae-train" in result.detail
+
+
+def test_non_checkpoint_pickle_is_refused_by_weights_only_loading(tmp_path):
+    checkpoint = tmp_path / "evil.pt"
+    marker = tmp_path / "code-ran"
+    torch.save({"format": "vae-service-checkpoint", "payload": Payload(marker)}, checkpoint)
+    result = export_checkpoint(checkpoint, tmp_path / "repo")
+    assert "weights_only loading refuses" in result.detail
+
+
+def test_non_checkpoint_pickle_runs_no_code(tmp_path):
+    checkpoint = tmp_path / "evil.pkl"
+    marker = tmp_path / "code-ran"
+    checkpoint.write_bytes(pickle.dumps(Payload(marker)))
+    export_checkpoint(checkpoint, tmp_path / "repo")
+    assert not marker.exists()
+
+
+def test_missing_checkpoint_says_so(tmp_path):
+    result = export_checkpoint(tmp_path / "nope.pt", tmp_path / "repo")
+    assert result.detail == f"{tmp_path / 'nope.pt'}: no such checkpoint file"
+
+
+@pytest.mark.parametrize("name", ["../escape", "a/b", "..", ".hidden", "a\\b", "", "x" * 65])
+def test_bad_model_name_is_refused_naming_what_is_allowed(tmp_path, trained_runs, name):
+    result = export_checkpoint(trained_runs.vae / "best.pt", tmp_path / "repo", name=name)
+    assert (result.status, "use 1-64 letters, digits" in result.detail) == ("failed", True)
+
+
+def test_bad_model_name_writes_nothing(tmp_path, trained_runs):
+    export_checkpoint(trained_runs.vae / "best.pt", tmp_path / "repo", name="../escape")
+    assert sorted(p.name for p in tmp_path.iterdir()) == []
+
+
+def test_bad_model_name_exits_non_zero_from_the_cli(tmp_path, trained_runs):
+    with contextlib.redirect_stdout(io.StringIO()):
+        code = main(
+            [str(trained_runs.vae / "best.pt"), "--name", "a/b", "--repository", str(tmp_path)]
+        )
+    assert code == 1
+
+
+def test_parity_over_tolerance_fails_the_export(tmp_path, trained_runs, mnist_dir):
+    result = export_checkpoint(
+        trained_runs.vae / "best.pt", tmp_path, data_dir=mnist_dir, precision="fp16", tolerance=1e-7
+    )
+    assert result.detail.startswith("ParityError: ONNX differs from PyTorch by up to")
+
+
+def test_parity_over_tolerance_leaves_no_version(tmp_path, trained_runs, mnist_dir):
+    export_checkpoint(
+        trained_runs.vae / "best.pt", tmp_path, data_dir=mnist_dir, precision="fp16", tolerance=1e-7
+    )
+    # Only the (empty) model directory the writer made; no version, no temporary directory.
+    assert [p.relative_to(tmp_path) for p in tmp_path.rglob("*")] == [Path("tiny-vae-fp16")]
+
+
+def test_failure_during_build_leaves_no_version_and_no_temporary(
+    tmp_path, trained_runs, monkeypatch
+):
+    """The graphs are on disk when the injected failure hits; none of it may stay behind."""
+
+    def fail(*args, **kwargs):
+        raise ParityError("injected")
+
+    monkeypatch.setattr("export.pipeline.check_parity", fail)
+    result = export_checkpoint(trained_runs.vae / "best.pt", tmp_path)
+    assert (result.status, list((tmp_path / "tiny-vae").iterdir())) == ("failed", [])
+
+
+@pytest.fixture(scope="module")
+def crashed_repository(tmp_path_factory, trained_runs) -> Path:
+    """A repository in which vae-export was killed (os._exit, no cleanup) after writing the graphs."""
+    repository = tmp_path_factory.mktemp("crashed")
+    script = (
+        "import os, sys, export.pipeline as p\n"
+        "p.check_parity = lambda *a, **k: os._exit(9)\n"
+        "from export.cli import main\n"
+        "sys.exit(main(sys.argv[1:]))\n"
+    )
+    process = subprocess.run(
+        [
+            sys.executable,
+            "-c",
+            script,
+            str(trained_runs.vae / "best.pt"),
+            "--repository",
+            str(repository),
+        ],
+        cwd=ROOT,
+        capture_output=True,
+        env={**os.environ, "PYTHONPATH": str(ROOT)},
+        check=False,
+    )
+    assert process.returncode == 9, process.stderr.decode()[-2000:]
+    return repository
+
+
+def test_crash_mid_export_leaves_its_graphs_only_in_a_hidden_temporary(crashed_repository):
+    leftovers = list((crashed_repository / "tiny-vae").iterdir())
+    assert [p.name.startswith(".tmp-export-") for p in leftovers] == [True]
+
+
+def test_crash_mid_export_leaves_no_version_for_the_server(crashed_repository):
+    assert list_versions(crashed_repository / "tiny-vae") == []
+
+
+def test_server_loads_nothing_from_a_crashed_export(crashed_repository):
+    store = ModelStore(crashed_repository, RuntimeOptions(providers=("CPUExecutionProvider",)))
+    store.load_all(warm_up=False)
+    assert (store.names(), store.failures) == ([], [])
+
+
+def test_export_after_a_crash_takes_version_1(crashed_repository, trained_runs, mnist_dir):
+    result = export_checkpoint(trained_runs.vae / "best.pt", crashed_repository, data_dir=mnist_dir)
+    assert (result.status, result.version) == ("exported", 1)

@@ -1,0 +1,77 @@
+"""`vae-train`: YAML configs, environment and flags merge in order; bad fields fail clearly."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from training.cli import build_parser, config_from_args
+from training.models import build_model
+
+CONFIGS = sorted((Path(__file__).resolve().parent.parent / "configs").glob("*.yaml"))
+
+
+def parse(*argv: str):
+    return config_from_args(build_parser().parse_args(list(argv)))
+
+
+@pytest.mark.parametrize("path", CONFIGS, ids=[p.stem for p in CONFIGS])
+def test_shipped_config_builds_its_model(path: Path) -> None:
+    config = parse("--config", str(path))
+    assert build_model(config.model).config.architecture == config.model.architecture
+
+
+def test_every_model_family_has_a_shipped_config() -> None:
+    families = {
+        (parse("--config", str(p)).model.architecture, parse("--config", str(p)).model.kind)
+        for p in CONFIGS
+    }
+    expected = {
+        ("mlp", "vae"),
+        ("mlp", "ae"),
+        ("mlp", "cvae"),
+        ("conv", "vae"),
+        ("conv", "cvae"),
+        ("face", "vae"),
+    }
+    assert expected <= families
+
+
+def test_flag_overrides_yaml(tmp_path: Path) -> None:
+    config = parse("--config", str(CONFIGS[0]), "--epochs", "2", "--latent-dim", "3")
+    assert (config.epochs, config.model.latent_dim) == (2, 3)
+
+
+def test_environment_sits_between_yaml_and_flags(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("VAE_EPOCHS", "7")
+    monkeypatch.setenv("VAE_BATCH_SIZE", "32")
+    config = parse("--config", str(CONFIGS[0]), "--batch-size", "16")
+    assert (config.epochs, config.batch_size) == (7, 16)
+
+
+def test_bare_boolean_flag_means_true() -> None:
+    assert parse("--resume").resume is True
+
+
+def test_tuple_field_takes_several_values() -> None:
+    assert parse("--hidden-dims", "32", "64", "128").model.hidden_dims == (32, 64, 128)
+
+
+def test_unknown_yaml_field_is_named(tmp_path: Path) -> None:
+    path = tmp_path / "bad.yaml"
+    path.write_text("epochz: 3\n")
+    with pytest.raises(SystemExit, match="epochz"):
+        parse("--config", str(path))
+
+
+def test_wrongly_typed_yaml_value_names_field_and_type(tmp_path: Path) -> None:
+    path = tmp_path / "bad.yaml"
+    path.write_text("epochs: many\n")
+    with pytest.raises(SystemExit, match="'epochs' expects int"):
+        parse("--config", str(path))
+
+
+def test_missing_config_file_is_named(tmp_path: Path) -> None:
+    with pytest.raises(SystemExit, match=r"nope\.yaml does not exist"):
+        parse("--config", str(tmp_path / "nope.yaml"))
