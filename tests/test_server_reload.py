@@ -152,3 +152,20 @@ def test_sighup_rescans_the_repository(server):
         for signum, handler in saved.items():
             signal.signal(signum, handler)
     assert server.store.versions("tiny-vae") == [1, 2]
+
+
+def test_a_model_added_by_a_reload_reports_serving_in_health(server):
+    import json
+
+    from grpc_health.v1 import health_pb2, health_pb2_grpc
+
+    repo = server.settings.repository
+    shutil.copytree(repo / "tiny-vae", repo / ".new")
+    meta_path = repo / ".new" / "1" / "model.json"
+    meta_path.write_text(json.dumps({**json.loads(meta_path.read_text()), "name": "tiny-vae-b"}))
+    (repo / ".new").rename(repo / "tiny-vae-b")
+    reload_and_wait(server)
+    request = health_pb2.HealthCheckRequest(service="vae.v1.VaeService/tiny-vae-b")
+    with grpc.insecure_channel(f"127.0.0.1:{server.port}") as channel:
+        status = health_pb2_grpc.HealthStub(channel).Check(request, timeout=10).status
+    assert status == health_pb2.HealthCheckResponse.SERVING
