@@ -112,3 +112,11 @@ def test_checkpoint_exports_to_onnx_with_parity(config: ModelConfig, tmp_path: P
     )
     result = export_checkpoint(checkpoint, tmp_path / "repository")
     assert result.status == "exported", result.detail
+
+
+def test_even_a_one_block_face_decoder_has_batch_norm() -> None:
+    config = ModelConfig(
+        architecture="face", image_shape=(3, 64, 64), hidden_dims=(8,), latent_dim=4
+    )
+    decoder = build_model(config).from_latent
+    assert any(isinstance(m, torch.nn.BatchNorm1d) for m in decoder.modules())

@@ -60,8 +60,11 @@ class ConvVAE(GenerativeModel):
             nn.Linear(features + condition, config.latent_dim) if self.variational else None
         )
 
+        # With BatchNorm on, the projection is normalised too, as in DCGAN generators: every decoder,
+        # however shallow, then has BatchNorm ahead of its output layer.
+        projection_norm = [nn.BatchNorm1d(features)] if self.batch_norm else []
         self.from_latent = nn.Sequential(
-            nn.Linear(config.latent_dim + condition, features), nn.ReLU()
+            nn.Linear(config.latent_dim + condition, features), *projection_norm, nn.ReLU()
         )
         decoder: list[nn.Module] = []
         up_channels = [*reversed(channels), channels_in]
