@@ -170,3 +170,14 @@ def test_face_model_trains_on_the_celeba_sample_folder(tmp_path: Path) -> None:
 def test_mixed_precision_run_keeps_finite_losses(tmp_path: Path, mnist_dir: Path) -> None:
     summary = train(tiny(tmp_path / "run", mnist_dir, epochs=1, amp=True, grad_clip=1.0))
     assert torch.isfinite(torch.tensor(summary["test_loss"]))
+
+
+def test_evaluate_takes_a_split_held_in_memory_as_before(
+    finished_run: Path, mnist_dir: Path
+) -> None:
+    model = model_from_checkpoint(load_checkpoint(finished_run / "best.pt"))
+    data = load_data(tiny(finished_run, mnist_dir), torch.device("cpu"))
+    split = data.test.data  # the TensorDataset behind the batches
+    assert evaluate(model, split, "bernoulli", 500) == evaluate(
+        model, data.test.epoch(), "bernoulli"
+    )

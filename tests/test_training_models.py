@@ -112,3 +112,17 @@ def test_checkpoint_exports_to_onnx_with_parity(config: ModelConfig, tmp_path: P
     )
     result = export_checkpoint(checkpoint, tmp_path / "repository")
     assert result.status == "exported", result.detail
+
+
+def test_even_a_one_block_face_decoder_has_batch_norm() -> None:
+    config = ModelConfig(
+        architecture="face", image_shape=(3, 64, 64), hidden_dims=(8,), latent_dim=4
+    )
+    projection = build_model(config).projection_activation
+    assert any(isinstance(m, torch.nn.BatchNorm2d) for m in projection.modules())
+
+
+def test_face_model_trains_on_a_batch_of_one() -> None:
+    model = build_model(FACE).train()
+    model(torch.rand(1, 3, 64, 64)).reconstruction.sum().backward()
+    assert model.from_latent.weight.grad is not None

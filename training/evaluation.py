@@ -9,6 +9,7 @@ from collections.abc import Iterable
 import torch
 import torch.nn.functional as F
 
+from training.data import TensorDataset
 from training.losses import negative_elbo
 from training.models import GenerativeModel
 
@@ -19,11 +20,25 @@ def _labels(model: GenerativeModel, labels: torch.Tensor) -> torch.Tensor | None
     return labels if model.config.num_classes else None
 
 
+def _batches(data: TensorDataset | Iterable[Batch], batch_size: int) -> Iterable[Batch]:
+    if isinstance(data, TensorDataset):  # a whole split in memory, sliced in order
+        return (
+            (data.images[i : i + batch_size], data.labels[i : i + batch_size])
+            for i in range(0, len(data), batch_size)
+        )
+    return data
+
+
 @torch.no_grad()
 def evaluate(
-    model: GenerativeModel, batches: Iterable[Batch], likelihood: str, seed: int = 0
+    model: GenerativeModel,
+    data: TensorDataset | Iterable[Batch],
+    likelihood: str,
+    batch_size: int = 1000,
+    seed: int = 0,
 ) -> dict[str, float]:
-    """Mean per-image negative ELBO and its terms (beta = 1, one z sample per image).
+    """Mean per-image negative ELBO and its terms (beta = 1, one z sample per image) over a split
+    held in memory (sliced into `batch_size` rows) or any iterable of (images, labels) batches.
 
     The noise comes from a fixed seed, so two evaluations of the same weights agree.
     """
@@ -33,7 +48,7 @@ def evaluate(
     count = 0
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(seed)
-        for images, labels in batches:
+        for images, labels in _batches(data, batch_size):
             terms = negative_elbo(model(images, _labels(model, labels)), images, likelihood)
             for key, value in terms.as_floats().items():
                 totals[key] += value * len(images)

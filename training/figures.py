@@ -44,9 +44,10 @@ def gaussian_quantiles(count: int) -> torch.Tensor:
 def reconstructions(model, images, labels, path: Path) -> None:
     from torchvision.utils import save_image
 
-    mean, _ = model.encode(images[:8], _labels(model, labels[:8]))
-    rebuilt = model.decode(mean, _labels(model, labels[:8]))
-    save_image(torch.cat([images[:8], rebuilt]).cpu(), path, nrow=8)  # originals above
+    originals, labels = images[:8], labels[:8]
+    mean, _ = model.encode(originals, _labels(model, labels))
+    rebuilt = model.decode(mean, _labels(model, labels))
+    save_image(torch.cat([originals, rebuilt]).cpu(), path, nrow=len(originals))  # originals above
 
 
 def samples(model, path: Path, count: int = 64) -> None:

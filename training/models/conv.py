@@ -60,9 +60,11 @@ class ConvVAE(GenerativeModel):
             nn.Linear(features + condition, config.latent_dim) if self.variational else None
         )
 
-        self.from_latent = nn.Sequential(
-            nn.Linear(config.latent_dim + condition, features), nn.ReLU()
-        )
+        self.from_latent = nn.Linear(config.latent_dim + condition, features)
+        # With BatchNorm on, the projected map is normalised too, as in DCGAN generators, so every
+        # decoder, however shallow, has BatchNorm; 2-D over (C', S, S), so a batch of one still works.
+        projection_norm = [nn.BatchNorm2d(channels[-1])] if self.batch_norm else []
+        self.projection_activation = nn.Sequential(*projection_norm, nn.ReLU())
         decoder: list[nn.Module] = []
         up_channels = [*reversed(channels), channels_in]
         targets = list(reversed(self.sides[:-1]))  # sides to restore, e.g. [7, 14, 28]
@@ -92,4 +94,4 @@ class ConvVAE(GenerativeModel):
         if condition is not None:
             z = torch.cat([z, condition], dim=1)
         h = self.from_latent(z).view(-1, *self.feature_shape)  # (N, C', S, S)
-        return self.decoder_body(h)  # (N, C, H, W)
+        return self.decoder_body(self.projection_activation(h))  # (N, C, H, W)
