@@ -25,10 +25,10 @@ from export.pipeline import export_checkpoint
 from server.repository import ModelMetadata, read_metadata
 from server.runtime import ModelRuntime, RuntimeOptions
 from training.checkpoint import save_checkpoint, sha256_file
-from training.data import TensorDataset, load_idx_split
+from training.data import load_idx_split
+from training.evaluation import evaluate
 from training.losses import negative_elbo
 from training.models import ARCHITECTURES, KINDS, GenerativeModel, ModelConfig, build_model
-from training.train import evaluate
 
 CONV_BN = "test-conv-bn"
 FACE_BN = "test-face-bn"
@@ -72,9 +72,9 @@ class ConvBatchNormVAE(GenerativeModel):
             return mean, None
         return mean, self.clamp_log_variance(self.to_log_variance(h))
 
-    def decode(self, z, labels=None):
+    def decode_logits(self, z, labels=None):
         h = self.from_latent(self._condition(z, labels)).view(-1, *self.feature_shape)
-        return torch.sigmoid(self.decoder_body(h))  # (N, C, H, W)
+        return self.decoder_body(h)  # (N, C, H, W); the base class's decode applies the sigmoid
 
 
 class FaceBatchNormVAE(ConvBatchNormVAE):
@@ -95,19 +95,24 @@ def extra_models_registered():
 
 
 def tiny_model(architecture: str, kind: str) -> GenerativeModel:
-    """The smallest config of `architecture` we can build for `kind`, checked by one forward pass."""
+    """The smallest config of `architecture` we can build for `kind`, checked by one forward pass.
+
+    Small layers first (for conv-like families hidden_dims are channels), then the family's defaults;
+    each at the candidate image shapes.
+    """
     extra = {"kind": kind, "num_classes": 10 if kind == "cvae" else 0}
-    if architecture == "mlp":
-        extra.update(hidden_dims=(32,), latent_dim=4)
+    sizes = [{"hidden_dims": (32,) if architecture == "mlp" else (8, 16), "latent_dim": 4}, {}]
     errors = []
-    for shape in CANDIDATE_SHAPES:
-        try:
-            model = build_model(ModelConfig(architecture=architecture, image_shape=shape, **extra))
-            labels = torch.zeros(2, dtype=torch.long) if kind == "cvae" else None
-            model(torch.rand(2, *shape), labels)
-            return model
-        except Exception as exc:  # this architecture does not take this shape; try the next
-            errors.append(f"{shape}: {exc}")
+    for size in sizes:
+        for shape in CANDIDATE_SHAPES:
+            try:
+                config = ModelConfig(architecture=architecture, image_shape=shape, **extra, **size)
+                model = build_model(config)
+                labels = torch.zeros(2, dtype=torch.long) if kind == "cvae" else None
+                model(torch.rand(2, *shape), labels)
+                return model
+            except Exception as exc:  # this architecture does not take this config; try the next
+                errors.append(f"{size} {shape}: {exc}")
     pytest.skip(f"{architecture} cannot be built as {kind}: {'; '.join(errors)}")
 
 
@@ -135,7 +140,7 @@ def train_and_save(model: GenerativeModel, mnist_dir: Path, run_dir: Path, steps
         optimiser.zero_grad()
         terms.loss.backward()
         optimiser.step()
-    held_out = TensorDataset(images[192:], images.new_zeros(64).long(), "mnist", ())
+    held_out = [(images[192:], torch.zeros(64, dtype=torch.long))]  # one batch of (images, labels)
     figures = evaluate(model, held_out, config.likelihood)
     mnist_shaped = tuple(config.image_shape) == (1, 28, 28)
     save_checkpoint(
