@@ -74,6 +74,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--architecture", default="mlp")
     parser.add_argument("--kind", default="vae", choices=("vae", "ae"))
+    parser.add_argument("--image-shape", default="1,28,28", help="C,H,W (the face VAE: 3,64,64)")
     parser.add_argument("--threads", type=int, default=2, help="torch and onnxruntime threads")
     parser.add_argument("--batches", default="1,64,256")
     parser.add_argument("--rounds", type=int, default=5, help="interleaved rounds per figure")
@@ -82,7 +83,10 @@ def main() -> None:
     torch.set_num_threads(args.threads)
     torch.manual_seed(0)
     # The defaults are the classic 784-400-20 MLP VAE that `make demo` trains.
-    model = build_model(ModelConfig(architecture=args.architecture, kind=args.kind)).eval()
+    shape = tuple(int(d) for d in args.image_shape.split(","))
+    model = build_model(
+        ModelConfig(architecture=args.architecture, kind=args.kind, image_shape=shape)  # type: ignore[arg-type]
+    ).eval()
     config = model.config
     work = Path(tempfile.mkdtemp(prefix="bench-export-"))
     variants = {name: work / name for name in ("fp32", "fp16", "fp32+slim")}

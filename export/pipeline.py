@@ -20,6 +20,8 @@ from training.data import DatasetNotFound, load_idx_split
 
 @dataclass
 class ExportResult:
+    """What became of one checkpoint: one row of the batch table."""
+
     checkpoint: Path
     name: str
     status: str  # exported, skipped or failed

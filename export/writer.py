@@ -46,6 +46,9 @@ def write_version(
     model_dir = repository / name
     model_dir.mkdir(parents=True, exist_ok=True)
     temporary = Path(tempfile.mkdtemp(prefix=".tmp-export-", dir=model_dir))
+    # mkdtemp makes it owner-only (0700), and rename keeps that: a server running as another user
+    # (sharing the volume by group) could not read the published version.
+    temporary.chmod(0o755)
     try:
         metadata = build(temporary)
         for _ in range(100):

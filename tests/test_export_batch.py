@@ -167,3 +167,8 @@ def test_fp16_of_an_exported_checkpoint_is_not_skipped(tmp_path, trained_runs, m
     vae_export(*args)
     vae_export(*args, "--precision", "fp16")
     assert read_metadata(repository / "tiny-vae-fp16" / "1").precision == "fp16"
+
+
+def test_published_versions_are_readable_by_other_users(batch):
+    """A server may run as another user than the export Job; mkdtemp's 0700 must not survive."""
+    assert (batch.repository / "tiny-vae" / "1").stat().st_mode & 0o055 == 0o055

@@ -17,7 +17,7 @@ from export.cli import main
 from export.parity import ParityError
 from export.pipeline import export_checkpoint
 from server.model_store import ModelStore
-from server.repository import list_versions
+from server.repository import ModelMetadata, RepositoryError, list_versions
 from server.runtime import RuntimeOptions
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -162,3 +162,22 @@ def test_server_loads_nothing_from_a_crashed_export(crashed_repository):
 def test_export_after_a_crash_takes_version_1(crashed_repository, trained_runs, mnist_dir):
     result = export_checkpoint(trained_runs.vae / "best.pt", crashed_repository, data_dir=mnist_dir)
     assert (result.status, result.version) == ("exported", 1)
+
+
+OLD_MODEL_JSON = {  # as the foundation's export wrote it, before precision and parity_inputs
+    "name": "m",
+    "version": 1,
+    "kind": "vae",
+    "latent_dim": 8,
+    "image_shape": [1, 28, 28],
+    "likelihood": "bernoulli",
+}
+
+
+def test_model_json_without_precision_reads_as_fp32():
+    assert ModelMetadata.from_dict(OLD_MODEL_JSON).precision == "fp32"
+
+
+def test_model_json_with_an_unknown_precision_is_refused_naming_the_allowed_ones():
+    with pytest.raises(RepositoryError, match=r"precision 'int8' is not one of \('fp32', 'fp16'\)"):
+        ModelMetadata.from_dict({**OLD_MODEL_JSON, "precision": "int8"})
