@@ -43,9 +43,13 @@ def save_image_panels(
 ) -> str:
     """One row of titled image grids: each panel is (title, images (N, C, H, W), images per row)."""
     plt = _pyplot()
-    figure, axes = plt.subplots(1, len(panels), figsize=(2.6 * len(panels), 2.9), squeeze=False)
-    for axis, (name, images, nrow) in zip(axes[0], panels, strict=True):
-        grid = image_grid(images, nrow)
+    grids = [image_grid(images, nrow) for _, images, nrow in panels]
+    width = 2.6 if max(g.shape[1] / g.shape[0] for g in grids) < 1.5 else 4.2  # inches per panel
+    height = width * max(g.shape[0] / g.shape[1] for g in grids) + 0.4  # room for the titles
+    figure, axes = plt.subplots(
+        1, len(panels), figsize=(width * len(panels), height), squeeze=False
+    )
+    for axis, (name, _, _), grid in zip(axes[0], panels, grids, strict=True):
         axis.imshow(grid.squeeze(-1) if grid.shape[-1] == 1 else grid, cmap="gray", vmin=0, vmax=1)
         axis.set_title(name, fontsize=9)
         axis.axis("off")
