@@ -44,7 +44,7 @@ def run(settings: ExperimentSettings, folder: Path) -> StudyResult:
     panels: dict[str, dict] = {}
     for trained in runs:
         epochs = [record["epoch"] for record in trained.history]
-        panels[f"{trained.name}: test loss"] = {
+        panels[f"{trained.name}: loss (own units)"] = {
             split: (epochs, [record[f"{split}_loss"] for record in trained.history])
             for split in ("train", "test")
         }
@@ -55,7 +55,7 @@ def run(settings: ExperimentSettings, folder: Path) -> StudyResult:
         )
         for trained in runs
     }
-    originals = test.images[:8]
+    originals = test.images[:8]  # shown as 2 rows of 4
     with torch.no_grad():
         rebuilt = [t.model.decode(t.model.encode(originals)[0]) for t in runs]
     plots = [
@@ -63,9 +63,9 @@ def run(settings: ExperimentSettings, folder: Path) -> StudyResult:
         save_image_panels(
             folder / "reconstructions.png",
             [
-                ("test images", originals, 8),
+                ("test images", originals, 4),
                 *[
-                    (f"{t.name} decoder", images, 8)
+                    (f"{t.name} decoder", images, 4)
                     for t, images in zip(runs, rebuilt, strict=True)
                 ],
             ],
