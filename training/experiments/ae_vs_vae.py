@@ -55,7 +55,8 @@ def run(settings: ExperimentSettings, folder: Path) -> StudyResult:
         "codes' KL to N(0,I): the test codes moment-matched by a diagonal Gaussian, its KL to the "
         "prior; 0 when the codes fill the prior the decoder is sampled from.",
         "prior sample RMS: root-mean-square pixel distance from 256 decoded N(0, I) draws to their "
-        "nearest test image; lower means more data-like samples.",
+        "nearest test image; lower means closer to some real image (a crude figure: it also "
+        "rewards dark, low-contrast images).",
         "interp. step: mean absolute pixel change between consecutive frames of a 10-frame "
         "straight-line path between two test codes; CV is its standard deviation over the path "
         "divided by its mean (0: perfectly even change), averaged over "
