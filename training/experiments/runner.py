@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import shlex
+import sys
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import fields
@@ -99,7 +100,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     if any(name not in STUDIES for name in names):
         p.error(f"unknown study {args.study!r}; choose one of: {', '.join(STUDIES)}, all")
     settings = settings_from_args(args)
-    rest = shlex.join(list(argv)[1:]) if argv is not None else ""
+    given = list(sys.argv[1:] if argv is None else argv)
+    rest = shlex.join(given[1:])  # the flags, recorded with the figures
     for name in names:
         command = f"python -m training.experiments {name} {rest}".strip()
         run_study(name, settings, command)
