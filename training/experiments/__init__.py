@@ -1,0 +1,1 @@
+"""Reproducible studies of the VAE's knobs: each trains what it needs and writes a report folder."""
