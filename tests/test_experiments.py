@@ -148,3 +148,13 @@ def test_an_unknown_study_is_refused_with_the_allowed_names(capsys) -> None:
     )
     with pytest.raises(UnknownStudy, match="latent-size"):
         run_study("betas", settings_from_args(parser().parse_args(["beta"])))
+
+
+def test_vae_train_experiment_refuses_an_unknown_study_and_lists_the_studies(capsys):
+    from training.cli import main as vae_train
+
+    with pytest.raises(SystemExit) as exit_info:
+        vae_train(["experiment", "nope"])
+    assert exit_info.value.code == 2
+    message = capsys.readouterr().err
+    assert "unknown study 'nope'" in message and "latent-size" in message

@@ -119,6 +119,11 @@ def config_from_args(args: argparse.Namespace) -> TrainConfig:
 
 
 def main(argv: list[str] | None = None) -> int:
+    argv = sys.argv[1:] if argv is None else argv
+    if argv[:1] == ["experiment"]:  # `vae-train experiment <study> ...`: the studies of reports/
+        from training.experiments.runner import main as run_experiment
+
+        return run_experiment(argv[1:])
     args = build_parser().parse_args(argv)
     config = config_from_args(args)
     try:
