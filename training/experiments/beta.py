@@ -12,7 +12,7 @@ from training.experiments.common import (
     standard_figures,
     train_run,
 )
-from training.experiments.plots import save_image_panels, save_line_panels
+from training.experiments.plots import save_image_panels, save_line_panels, sweep_curves
 from training.experiments.report import StudyResult
 
 STUDY = "beta"
@@ -35,14 +35,15 @@ def run(settings: ExperimentSettings, folder: Path) -> StudyResult:
         trained = train_run(settings, STUDY, f"beta-{beta:g}", model_config(settings), beta=beta)
         rows.append({"beta": beta, **standard_figures(trained, test)})
         panels.append((f"beta = {beta:g}", prior_samples(trained.model, 36), 6))
-    curves = {
-        title: {"": (BETAS, [row[key] for row in rows])}
-        for title, key in (
+    curves = sweep_curves(
+        BETAS,
+        rows,
+        (
             ("test reconstruction (nats)", "test_reconstruction"),
             ("test KL (nats)", "test_kl"),
             ("active units", "active_units"),
-        )
-    }
+        ),
+    )
     plots = [
         save_line_panels(folder / "figures_vs_beta.png", "beta", curves, log_x=True),
         save_image_panels(folder / "samples.png", panels),

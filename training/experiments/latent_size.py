@@ -12,7 +12,7 @@ from training.experiments.common import (
     standard_figures,
     train_run,
 )
-from training.experiments.plots import save_image_panels, save_line_panels
+from training.experiments.plots import save_image_panels, save_line_panels, sweep_curves
 from training.experiments.report import StudyResult
 
 STUDY = "latent-size"
@@ -36,15 +36,16 @@ def run(settings: ExperimentSettings, folder: Path) -> StudyResult:
         trained = train_run(settings, STUDY, f"latent-{size}", config)
         rows.append(standard_figures(trained, test))
         panels.append((f"latent {size}", prior_samples(trained.model, 36), 6))
-    curves = {
-        title: {"": (LATENT_SIZES, [row[key] for row in rows])}
-        for title, key in (
+    curves = sweep_curves(
+        LATENT_SIZES,
+        rows,
+        (
             ("test reconstruction (nats)", "test_reconstruction"),
             ("test KL (nats)", "test_kl"),
             ("test -ELBO (nats)", "test_neg_elbo"),
             ("active units", "active_units"),
-        )
-    }
+        ),
+    )
     plots = [
         save_line_panels(folder / "figures_vs_size.png", "latent size", curves, log_x=True),
         save_image_panels(folder / "samples.png", panels),

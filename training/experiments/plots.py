@@ -61,6 +61,13 @@ def save_image_panels(
     return name
 
 
+def sweep_curves(
+    settings: Sequence[float], rows: Sequence[dict], panels: Sequence[tuple[str, str]]
+) -> dict[str, dict[str, tuple[Sequence[float], list[float]]]]:
+    """One single-line panel per (title, row key): the figure against the swept setting."""
+    return {title: {"": (settings, [row[key] for row in rows])} for title, key in panels}
+
+
 def save_line_panels(
     path: Path,
     x_label: str,
