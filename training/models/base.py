@@ -74,6 +74,21 @@ class GenerativeModel(nn.Module):
             raise ValueError(f"{self.config.kind} model needs class labels")
         return nn.functional.one_hot(labels, self.config.num_classes).float()
 
+    def append_condition(self, h: torch.Tensor, labels: torch.Tensor | None) -> torch.Tensor:
+        """(N, F) -> (N, F + num_classes) with the one-hot label for conditional models, else h."""
+        condition = self.one_hot(labels)
+        return h if condition is None else torch.cat([h, condition], dim=1)
+
+    def posterior(self, h: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """Features (N, F) -> mean (N, D) and clamped log-variance (N, D), or None for the AE.
+
+        Subclasses define `to_mean` and `to_log_variance` (None when the model is not variational).
+        """
+        mean = self.to_mean(h)
+        if self.to_log_variance is None:
+            return mean, None
+        return mean, self.clamp_log_variance(self.to_log_variance(h))
+
     def encode(
         self, x: torch.Tensor, labels: torch.Tensor | None = None
     ) -> tuple[torch.Tensor, torch.Tensor | None]:

@@ -81,17 +81,10 @@ class ConvVAE(GenerativeModel):
         self, x: torch.Tensor, labels: torch.Tensor | None = None
     ) -> tuple[torch.Tensor, torch.Tensor | None]:
         h = self.encoder_body(x)  # (N, C' * S * S)
-        condition = self.one_hot(labels)
-        if condition is not None:
-            h = torch.cat([h, condition], dim=1)
-        mean = self.to_mean(h)
-        if self.to_log_variance is None:
-            return mean, None
-        return mean, self.clamp_log_variance(self.to_log_variance(h))
+        h = self.append_condition(h, labels)
+        return self.posterior(h)
 
     def decode_logits(self, z: torch.Tensor, labels: torch.Tensor | None = None) -> torch.Tensor:
-        condition = self.one_hot(labels)
-        if condition is not None:
-            z = torch.cat([z, condition], dim=1)
+        z = self.append_condition(z, labels)
         h = self.from_latent(z).view(-1, *self.feature_shape)  # (N, C', S, S)
         return self.decoder_body(self.projection_activation(h))  # (N, C, H, W)

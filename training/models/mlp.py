@@ -45,18 +45,11 @@ class MLPVAE(GenerativeModel):
         self, x: torch.Tensor, labels: torch.Tensor | None = None
     ) -> tuple[torch.Tensor, torch.Tensor | None]:
         h = x.flatten(1)  # (N, C*H*W)
-        condition = self.one_hot(labels)
-        if condition is not None:
-            h = torch.cat([h, condition], dim=1)
+        h = self.append_condition(h, labels)
         h = self.encoder_body(h)  # (N, hidden[-1])
-        mean = self.to_mean(h)
-        if self.to_log_variance is None:
-            return mean, None
-        return mean, self.clamp_log_variance(self.to_log_variance(h))
+        return self.posterior(h)
 
     def decode_logits(self, z: torch.Tensor, labels: torch.Tensor | None = None) -> torch.Tensor:
-        condition = self.one_hot(labels)
-        if condition is not None:
-            z = torch.cat([z, condition], dim=1)
+        z = self.append_condition(z, labels)
         logits = self.decoder_body(z)  # (N, C*H*W)
         return logits.view(-1, *self.config.image_shape)  # (N, C, H, W)
