@@ -151,8 +151,8 @@ def main() -> None:
         ],
         "classic_input_pipeline_seconds_per_epoch": round(classic_input, 3),
         "ours_input_pipeline_seconds_per_epoch": round(ours_input, 3),
-        "classic_test_loss": round(classic_loss, 2),
-        "ours_test_loss": round(ours_loss, 2),
+        "classic_test_loss": round(classic_loss, 3),
+        "ours_test_loss": round(ours_loss, 3),
     }
     print(json.dumps(report, indent=2))
 

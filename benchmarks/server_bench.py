@@ -76,6 +76,30 @@ def bench(args: argparse.Namespace, *flags: str) -> dict:
     return json.loads(result.stdout)
 
 
+def analyse(results: dict[str, dict], big: int) -> dict[str, float]:
+    """The issue's two ratios, and what this run's own no-op transport allows of each.
+
+    (a) No server that answers each call can beat the no-op server, which does no work at all, with
+    the same client on the same cores; so no-op / batching-off bounds what batching can gain here.
+    (b) Transport and decoding share the cores: if the no-op transport saturates them at T_n calls/s
+    and in-process decoding at T_d, a server doing both manages at most 1 / (1/T_n + 1/T_d), a
+    fraction T_n / (T_n + T_d) of the in-process rate.
+    """
+    rate = {name: r["throughput_rps"] for name, r in results.items()}
+    off, on = rate["a_batching_off_1x64"], rate["a_batching_on_1x64"]
+    noop_small = max(rate["c_noop_threaded_1x64"], rate["c_noop_aio_1x64"])
+    noop_big = max(rate[f"c_noop_threaded_64x{big}"], rate[f"c_noop_aio_64x{big}"])
+    in_process = rate[f"b_in_process_64x{big}"]
+    served = max(rate[f"b_batching_on_64x{big}"], rate[f"b_batching_off_64x{big}"])
+    return {
+        "a_batching_on_over_off": round(on / off, 2),
+        "a_bound_noop_over_off": round(noop_small / off, 2),
+        "b_server_over_in_process": round(served / in_process, 3),
+        "b_bound_shared_cores": round(noop_big / (noop_big + in_process), 3),
+        "b_noop_over_in_process": round(noop_big / in_process, 3),
+    }
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--repository", required=True)
@@ -107,15 +131,19 @@ def main() -> int:
             address = f"--address=127.0.0.1:{port}"
             results[f"c_noop_{transport}_1x64"] = bench(args, address, *small)
             results[f"c_noop_{transport}_64x{args.big_concurrency}"] = bench(args, address, *big)
+    results["analysis"] = analyse(results, args.big_concurrency)
     (args.output / "server_bench.json").write_text(json.dumps(results, indent=2) + "\n")
     rows = ["| run | samples/req | concurrency | req/s | samples/s | p50 ms | p90 ms | p99 ms | errors |",
             "| --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |"]  # fmt: skip
     for name, r in results.items():
+        if name == "analysis":
+            continue
         lat = r["latency_ms"]
         rows.append(
             f"| {name} | {r['samples_per_request']} | {r['concurrency']} | {r['throughput_rps']} | "
             f"{r['samples_per_s']} | {lat['p50']} | {lat['p90']} | {lat['p99']} | {r['error_count']} |"
         )
+    rows += ["", *(f"- {key}: {value}" for key, value in results["analysis"].items())]
     table = "\n".join(rows)
     (args.output / "server_bench.md").write_text(table + "\n")
     print(table)

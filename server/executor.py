@@ -81,7 +81,7 @@ class ModelExecutor:
 
         def observe(rows: int, seconds: float, waits: list[float]) -> None:
             self.metrics.observe_batch(name, component, rows, seconds, waits)
-            self.metrics.queue_rows.labels(name, component).set(
+            self.metrics.child(self.metrics.queue_rows, name, component).set(
                 self._batchers[component].queued_rows
             )
 
@@ -107,7 +107,7 @@ class ModelExecutor:
             self.metrics.observe_batch(name, component, rows, time.perf_counter() - start, [0.0])
             return outputs
         future = batcher.submit(inputs)
-        self.metrics.queue_rows.labels(name, component).set(batcher.queued_rows)
+        self.metrics.child(self.metrics.queue_rows, name, component).set(batcher.queued_rows)
         if scope is None:
             return future.result()
         scope.track(future)

@@ -5,6 +5,7 @@ from __future__ import annotations
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
+from typing import Any
 
 from prometheus_client import (
     CollectorRegistry,
@@ -28,6 +29,7 @@ class Metrics:
         ProcessCollector(registry=self.registry)
         PlatformCollector(registry=self.registry)
         r = self.registry
+        self._children: dict[tuple[int, tuple[str, ...]], Any] = {}
         self.requests = Counter(
             "vae_requests", "RPCs handled, by outcome", ["rpc", "model", "code"], registry=r
         )
@@ -85,6 +87,16 @@ class Metrics:
             "vae_model_load_failures", "Model versions that failed to load", ["model"], registry=r
         )
 
+    def child(self, metric: Any, *labels: str) -> Any:
+        """`metric.labels(*labels)`, remembered: prometheus_client takes a lock and builds a key on
+        every labels() call, which the hot path pays several times per request. Only for metrics
+        whose children are never removed (not model_loaded, which is cleared on reload)."""
+        key = (id(metric), labels)
+        found = self._children.get(key)
+        if found is None:
+            found = self._children[key] = metric.labels(*labels)
+        return found
+
     @contextmanager
     def track_request(self, rpc: str) -> Iterator[dict[str, str]]:
         """Count and time one RPC; the caller fills `labels['model']` and `labels['code']`."""
@@ -95,23 +107,24 @@ class Metrics:
             yield labels
         finally:
             self.in_flight.dec()
-            self.request_latency.labels(rpc, labels["model"]).observe(time.perf_counter() - start)
-            self.requests.labels(rpc, labels["model"], labels["code"]).inc()
+            model = labels["model"]
+            self.child(self.request_latency, rpc, model).observe(time.perf_counter() - start)
+            self.child(self.requests, rpc, model, labels["code"]).inc()
 
     def observe_inference(
         self, model: str, component: str, rows: int, seconds: float, queue_seconds: float = 0.0
     ) -> None:
-        self.inference_time.labels(model, component).observe(seconds)
-        self.batch_size.labels(model, component).observe(rows)
-        self.queue_wait.labels(model, component).observe(queue_seconds)
+        self.child(self.inference_time, model, component).observe(seconds)
+        self.child(self.batch_size, model, component).observe(rows)
+        self.child(self.queue_wait, model, component).observe(queue_seconds)
 
     def observe_batch(
         self, model: str, component: str, rows: int, seconds: float, waits: list[float]
     ) -> None:
         """One onnxruntime call of `rows` rows, merged from requests that waited `waits` seconds."""
-        self.inference_time.labels(model, component).observe(seconds)
-        self.batch_size.labels(model, component).observe(rows)
-        queue_wait = self.queue_wait.labels(model, component)
+        self.child(self.inference_time, model, component).observe(seconds)
+        self.child(self.batch_size, model, component).observe(rows)
+        queue_wait = self.child(self.queue_wait, model, component)
         for wait in waits:
             queue_wait.observe(wait)
 

@@ -189,7 +189,7 @@ class DataPlane:
         used_seed = self._seed(seed)
         latents = latent.sample_prior(count, runtime.metadata.latent_dim, used_seed, temperature)
         images = self._decode(runtime, latents, labels)
-        self.metrics.samples.labels(runtime.metadata.name).inc(count)
+        self.metrics.child(self.metrics.samples, runtime.metadata.name).inc(count)
         return Generated(images, latents, runtime, used_seed)
 
     def sample_stream(
@@ -220,7 +220,7 @@ class DataPlane:
             latents = latent.draw_prior(rng, rows, dim, temperature)  # (rows, D)
             labels = None if one_label is None else np.repeat(one_label, rows)
             images = self._decode(runtime, latents, labels)
-            self.metrics.samples.labels(runtime.metadata.name).inc(rows)
+            self.metrics.child(self.metrics.samples, runtime.metadata.name).inc(rows)
             yield Generated(images, latents, runtime, used_seed)
 
     def interpolate(

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 import logging
 import threading
 import time
@@ -36,9 +37,13 @@ _TENSOR_FORMATS = (
 _PNG_FORMATS = (vae_pb2.IMAGE_FORMAT_PNG, vae_pb2.IMAGE_FORMAT_TENSOR_AND_PNG)
 
 
+@functools.cache
+def _enum_values(enum: object) -> frozenset[int]:
+    return frozenset(enum.values())  # type: ignore[attr-defined]
+
+
 def _check_enum(value: int, enum: object, what: str) -> None:
-    allowed = enum.values()  # type: ignore[attr-defined]
-    if value not in allowed:
+    if value not in _enum_values(enum):
         names = ", ".join(enum.keys())  # type: ignore[attr-defined]
         raise InvalidArgument(f"{what} {value} is not a known value; allowed: {names}")
 
@@ -127,8 +132,8 @@ class VaeServicer(vae_pb2_grpc.VaeServiceServicer):
     def _fill_images(
         self, response: ImageResponse, generated: Generated, image_format: int
     ) -> ImageResponse:
-        """Set `model`, and `images` and/or `png` as the format asks, on any of the image responses."""
-        _check_enum(image_format, vae_pb2.ImageFormat, "format")
+        """Set `model`, and `images` and/or `png` as the format asks, on any of the image responses;
+        the RPC has checked `image_format` before any work."""
         response.model.CopyFrom(model_ref(generated.runtime))
         if image_format in _TENSOR_FORMATS:
             response.images.CopyFrom(tensor_to_proto(generated.images))

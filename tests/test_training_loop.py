@@ -181,3 +181,20 @@ def test_evaluate_takes_a_split_held_in_memory_as_before(
     assert evaluate(model, split, "bernoulli", 500) == evaluate(
         model, data.test.epoch(), "bernoulli"
     )
+
+
+def test_compiled_run_matches_the_eager_one(tmp_path: Path, mnist_dir: Path) -> None:
+    """--compile really compiles the training forward (dynamo counts the graphs) and trains as well
+    as eager; weights differ in rounding and in the noise (inductor draws its own random numbers)."""
+    from torch._dynamo.utils import counters
+
+    torch._dynamo.reset()
+    counters.clear()
+    compiled = train(tiny(tmp_path / "compiled", mnist_dir, epochs=1, compile=True))
+    assert counters["stats"]["unique_graphs"] >= 1
+    eager = train(tiny(tmp_path / "eager", mnist_dir, epochs=1))
+    assert compiled["steps"] == eager["steps"] == 10
+    assert abs(compiled["test_loss"] - eager["test_loss"]) < 0.03 * eager["test_loss"]
+    state = load_checkpoint(tmp_path / "compiled" / "last.pt")["model_state"]
+    assert set(state) == set(load_checkpoint(tmp_path / "eager" / "last.pt")["model_state"])
+    torch._dynamo.reset()
