@@ -35,7 +35,9 @@ class BatchingConfig:
 
     enabled: bool = True
     max_batch_size: int = 64  # rows per onnxruntime call; a larger request runs alone, unsplit
-    max_queue_delay_ms: float = 2.0  # how long the oldest request may wait for company
+    # How long the oldest request may wait for company. 0 (Triton's default too) never holds a request
+    # back: batches form from what queues while the model is busy, so a lone caller pays no delay.
+    max_queue_delay_ms: float = 0.0
     max_queue_rows: int = 4096  # rows waiting; beyond this, RESOURCE_EXHAUSTED at once
 
     def __post_init__(self) -> None:

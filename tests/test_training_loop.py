@@ -9,6 +9,7 @@ import pytest
 import torch
 
 from tests.conftest import CELEBA_SAMPLE
+from training import reporting
 from training import train as train_module
 from training.batching import load_data
 from training.checkpoint import load_checkpoint, model_from_checkpoint
@@ -56,7 +57,7 @@ def test_resume_continues_exactly_where_the_run_stopped(
 ) -> None:
     schedules = {"epochs": 3, "lr_schedule": "cosine", "kl_anneal": "cyclical", "kl_cycles": 2}
     train(tiny(tmp_path / "straight", mnist_dir, **schedules))
-    real_record = train_module._epoch_record
+    real_record = reporting.epoch_record
 
     def crash_in_epoch_two(model, data, likelihood, epoch, *args):
         if epoch == 2:
@@ -64,7 +65,7 @@ def test_resume_continues_exactly_where_the_run_stopped(
         return real_record(model, data, likelihood, epoch, *args)
 
     with monkeypatch.context() as patch:
-        patch.setattr(train_module, "_epoch_record", crash_in_epoch_two)
+        patch.setattr(reporting, "epoch_record", crash_in_epoch_two)
         with pytest.raises(Interrupted):
             train(tiny(tmp_path / "split", mnist_dir, **schedules))
     train(tiny(tmp_path / "split", mnist_dir, resume=True, **schedules))

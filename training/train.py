@@ -13,11 +13,10 @@ from typing import Any
 import torch
 from torch.nn.parallel import DistributedDataParallel
 
-from training import distributed, figures
+from training import distributed, reporting
 from training.annealing import Annealing, kl_weight
 from training.batching import epoch_seed, load_data
 from training.checkpoint import load_checkpoint, save_checkpoint
-from training.evaluation import evaluate, iwae_nll
 from training.losses import negative_elbo
 from training.models import ModelConfig, build_model
 
@@ -174,7 +173,7 @@ def _train(config, annealing, ranks, device) -> dict[str, Any]:
             running = torch.zeros(3, device=device)  # sums of loss, reconstruction, KL
             seen = 0
             weight = kl_weight(annealing, step, steps_per_epoch, total_steps)
-            bar = _progress(config, ranks, steps_per_epoch, epoch)
+            bar = reporting.progress_bar(config, ranks, steps_per_epoch, epoch)
             for images, labels in data.train.epoch(epoch):
                 weight = kl_weight(annealing, step, steps_per_epoch, total_steps)
                 with torch.autocast(device.type, dtype=amp_dtype, enabled=config.amp):
@@ -215,12 +214,12 @@ def _train(config, annealing, ranks, device) -> dict[str, Any]:
                         strict=True,
                     )
                 )
-                record = _epoch_record(
+                record = reporting.epoch_record(
                     model, data, likelihood, epoch, step, epoch_seconds, train_terms
                 )
                 record.update(kl_weight=weight, learning_rate=scheduler.get_last_lr()[0])
                 history.append(record)
-                _log(record, log_file, writer)
+                reporting.log_epoch(record, log_file, writer)
                 val_loss = record.get("val_loss", record["test_loss"])
                 best_val = min(best_val, val_loss)
                 payload = {
@@ -249,62 +248,4 @@ def _train(config, annealing, ranks, device) -> dict[str, Any]:
             writer.close()
     if not ranks.is_main:
         return {"rank": ranks.rank, "steps": step}
-    return _finish(config, model, data, history, run_dir, step, ranks)
-
-
-def _progress(config, ranks, steps_per_epoch: int, epoch: int):
-    if not (config.progress and ranks.is_main):
-        return None
-    from tqdm import tqdm
-
-    # disable=None: drawn on a terminal only, so logs of batch jobs stay free of bar frames.
-    return tqdm(total=steps_per_epoch, desc=f"epoch {epoch}", leave=False, disable=None)
-
-
-def _epoch_record(model, data, likelihood, epoch, step, seconds, train_terms) -> dict[str, Any]:
-    val_terms = evaluate(model, data.val.epoch(), likelihood) if data.val is not None else {}
-    test_terms = evaluate(model, data.test.epoch(), likelihood)
-    return {
-        "epoch": epoch,
-        "step": step,
-        "epoch_seconds": round(seconds, 3),
-        **{f"train_{k}": v for k, v in train_terms.items()},
-        **{f"val_{k}": v for k, v in val_terms.items()},
-        **({"val_elbo": -val_terms["loss"]} if val_terms else {}),
-        **{f"test_{k}": v for k, v in test_terms.items()},
-        "test_elbo": -test_terms["loss"],
-    }
-
-
-def _log(record: dict[str, Any], log_file, writer) -> None:
-    log_file.write(json.dumps(record) + "\n")
-    log_file.flush()
-    if writer is not None:
-        for key, value in record.items():
-            if key not in ("epoch", "step"):
-                writer.add_scalar(key.replace("_", "/", 1), value, record["epoch"])
-        writer.flush()
-    print(
-        f"epoch {record['epoch']:3d}  train loss {record['train_loss']:.2f}  "
-        f"test loss {record['test_loss']:.2f} (recon {record['test_reconstruction']:.2f}, "
-        f"KL {record['test_kl']:.2f})  beta {record['kl_weight']:.2f}  "
-        f"{record['epoch_seconds']:.1f}s",
-        flush=True,
-    )
-
-
-def _finish(config, model, data, history, run_dir: Path, step: int, ranks) -> dict[str, Any]:
-    """The final summary: last epoch's figures, the IWAE bound, and the pictures."""
-    summary: dict[str, Any] = {"run_dir": str(run_dir), "epochs": len(history), "steps": step}
-    summary["world_size"] = ranks.world_size
-    summary.update(history[-1] if history else {})
-    bernoulli_vae = model.variational and model.config.likelihood == "bernoulli"
-    if config.iwae_samples > 0 and bernoulli_vae:
-        nll = iwae_nll(model, data.test.epoch(), config.iwae_samples, config.iwae_images)
-        summary.update(test_iwae_nll=nll, iwae_samples=config.iwae_samples)
-    if config.figures:
-        summary["figures"] = figures.save_all(
-            model, data.figure_images, data.figure_labels, data.class_names, history, run_dir
-        )
-    (run_dir / "metrics.json").write_text(json.dumps(summary, indent=2) + "\n")
-    return summary
+    return reporting.finish(config, model, data, history, run_dir, step, ranks)
