@@ -16,10 +16,6 @@ from training.models import GenerativeModel
 Batch = tuple[torch.Tensor, torch.Tensor]
 
 
-def _labels(model: GenerativeModel, labels: torch.Tensor) -> torch.Tensor | None:
-    return labels if model.config.num_classes else None
-
-
 def _batches(data: TensorDataset | Iterable[Batch], batch_size: int) -> Iterable[Batch]:
     if isinstance(data, TensorDataset):  # a whole split in memory, sliced in order
         return (
@@ -49,7 +45,7 @@ def evaluate(
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(seed)
         for images, labels in _batches(data, batch_size):
-            terms = negative_elbo(model(images, _labels(model, labels)), images, likelihood)
+            terms = negative_elbo(model(images, model.condition_labels(labels)), images, likelihood)
             for key, value in terms.as_floats().items():
                 totals[key] += value * len(images)
             count += len(images)
@@ -92,7 +88,7 @@ def iwae_nll(
                 break
             if max_images:
                 images, labels = images[: max_images - count], labels[: max_images - count]
-            condition = _labels(model, labels)
+            condition = model.condition_labels(labels)
             mean, log_variance = model.encode(images, condition)  # (B, D) each
             log_weights = []
             for start in range(0, samples, chunk):

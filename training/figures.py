@@ -13,10 +13,6 @@ import torch
 from training.models import GenerativeModel
 
 
-def _labels(model: GenerativeModel, labels: torch.Tensor) -> torch.Tensor | None:
-    return labels if model.config.num_classes else None
-
-
 def _pyplot():
     import matplotlib
 
@@ -45,8 +41,8 @@ def reconstructions(model, images, labels, path: Path) -> None:
     from torchvision.utils import save_image
 
     originals, labels = images[:8], labels[:8]
-    mean, _ = model.encode(originals, _labels(model, labels))
-    rebuilt = model.decode(mean, _labels(model, labels))
+    mean, _ = model.encode(originals, model.condition_labels(labels))
+    rebuilt = model.decode(mean, model.condition_labels(labels))
     save_image(torch.cat([originals, rebuilt]).cpu(), path, nrow=len(originals))  # originals above
 
 
@@ -67,12 +63,12 @@ def interpolations(model, images, labels, path: Path, pairs: int = 4, steps: int
     pairs = min(pairs, len(images) // 2)
     start, end = images[:pairs], images[pairs : 2 * pairs]
     start_labels = labels[:pairs]
-    z_start, _ = model.encode(start, _labels(model, start_labels))
-    z_end, _ = model.encode(end, _labels(model, labels[pairs : 2 * pairs]))
+    z_start, _ = model.encode(start, model.condition_labels(start_labels))
+    z_end, _ = model.encode(end, model.condition_labels(labels[pairs : 2 * pairs]))
     weights = torch.linspace(0, 1, steps, device=images.device).view(1, steps, 1)
     z = torch.lerp(z_start.unsqueeze(1), z_end.unsqueeze(1), weights)  # (pairs, steps, D)
     row_labels = start_labels.repeat_interleave(steps)
-    decoded = model.decode(z.reshape(pairs * steps, -1), _labels(model, row_labels))
+    decoded = model.decode(z.reshape(pairs * steps, -1), model.condition_labels(row_labels))
     save_image(decoded.cpu(), path, nrow=steps)
 
 
@@ -91,7 +87,7 @@ def manifold(model, path: Path, side: int = 20) -> None:
 
 
 def latent_scatter(model, images, labels, class_names, path: Path) -> None:
-    mean, _ = model.encode(images, _labels(model, labels))
+    mean, _ = model.encode(images, model.condition_labels(labels))
     points = pca_2d(mean.float().cpu())
     plt = _pyplot()
     figure, axes = plt.subplots(figsize=(7, 6))

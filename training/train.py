@@ -77,10 +77,6 @@ class NonFiniteLoss(RuntimeError):
     """The loss became NaN or infinite; the last good checkpoint is kept."""
 
 
-def _labels(model, labels: torch.Tensor) -> torch.Tensor | None:
-    return labels if model.config.num_classes else None
-
-
 def _scheduler(config: TrainConfig, optimiser, total_steps: int):
     if config.lr_schedule not in LR_SCHEDULES:
         raise ValueError(
@@ -177,7 +173,7 @@ def _train(config, annealing, ranks, device) -> dict[str, Any]:
             for images, labels in data.train.epoch(epoch):
                 weight = kl_weight(annealing, step, steps_per_epoch, total_steps)
                 with torch.autocast(device.type, dtype=amp_dtype, enabled=config.amp):
-                    output = forward(images, _labels(model, labels))
+                    output = forward(images, model.condition_labels(labels))
                 terms = negative_elbo(output, images, likelihood, weight)
                 if distributed.any_rank(not bool(torch.isfinite(terms.loss)), ranks, device):
                     raise NonFiniteLoss(

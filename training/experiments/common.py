@@ -118,17 +118,13 @@ def load_test_set(settings: ExperimentSettings) -> TensorDataset:
     return test
 
 
-def _condition(model: GenerativeModel, labels: torch.Tensor) -> torch.Tensor | None:
-    return labels if model.config.num_classes else None
-
-
 @torch.no_grad()
 def posterior_means(model: GenerativeModel, test: TensorDataset, batch: int = 1000) -> torch.Tensor:
     """E_q[z | x] for every test image: (N, D); the code itself for the plain autoencoder."""
     chunks = []
     for start in range(0, len(test), batch):
         images, labels = test.images[start : start + batch], test.labels[start : start + batch]
-        chunks.append(model.encode(images, _condition(model, labels))[0])
+        chunks.append(model.encode(images, model.condition_labels(labels))[0])
     return torch.cat(chunks)
 
 
@@ -169,7 +165,7 @@ def interpolation_frames(
     weights = torch.linspace(0, 1, steps, device=means.device).view(1, steps, 1)
     z = torch.lerp(start.unsqueeze(1), end.unsqueeze(1), weights)  # (P, S, D)
     labels = test.labels[:pairs].repeat_interleave(steps)
-    frames = model.decode(z.reshape(pairs * steps, -1), _condition(model, labels))
+    frames = model.decode(z.reshape(pairs * steps, -1), model.condition_labels(labels))
     return frames.reshape(pairs, steps, *frames.shape[1:])
 
 
@@ -199,7 +195,7 @@ def reconstruction_errors(model: GenerativeModel, test: TensorDataset) -> dict[s
     bce_total = sse_total = 0.0
     for start in range(0, len(test), 1000):
         images, labels = test.images[start : start + 1000], test.labels[start : start + 1000]
-        condition = _condition(model, labels)
+        condition = model.condition_labels(labels)
         rebuilt = model.decode(model.encode(images, condition)[0], condition).clamp(1e-6, 1 - 1e-6)
         bce_total += float(F.binary_cross_entropy(rebuilt, images, reduction="sum"))
         sse_total += float((rebuilt - images).pow(2).sum())

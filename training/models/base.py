@@ -74,6 +74,10 @@ class GenerativeModel(nn.Module):
             raise ValueError(f"{self.config.kind} model needs class labels")
         return nn.functional.one_hot(labels, self.config.num_classes).float()
 
+    def condition_labels(self, labels: torch.Tensor) -> torch.Tensor | None:
+        """A batch's labels as this model's condition: the labels for a conditional model, else None."""
+        return labels if self.config.num_classes else None
+
     def append_condition(self, h: torch.Tensor, labels: torch.Tensor | None) -> torch.Tensor:
         """(N, F) -> (N, F + num_classes) with the one-hot label for conditional models, else h."""
         condition = self.one_hot(labels)
