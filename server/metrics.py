@@ -111,13 +111,6 @@ class Metrics:
             self.child(self.request_latency, rpc, model).observe(time.perf_counter() - start)
             self.child(self.requests, rpc, model, labels["code"]).inc()
 
-    def observe_inference(
-        self, model: str, component: str, rows: int, seconds: float, queue_seconds: float = 0.0
-    ) -> None:
-        self.child(self.inference_time, model, component).observe(seconds)
-        self.child(self.batch_size, model, component).observe(rows)
-        self.child(self.queue_wait, model, component).observe(queue_seconds)
-
     def observe_batch(
         self, model: str, component: str, rows: int, seconds: float, waits: list[float]
     ) -> None:

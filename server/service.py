@@ -41,26 +41,13 @@ class Generated:
 
 
 class DataPlane:
-    """Encode, Decode, Sample and Interpolate over the models of a ModelStore."""
+    """Encode, Decode, Sample and Interpolate over the models of a ModelStore; each model call goes
+    through its ModelExecutor, which batches, times and counts it."""
 
     def __init__(self, store: ModelStore, limits: Limits, metrics: Metrics) -> None:
         self.store = store
         self.limits = limits
         self.metrics = metrics
-
-    # --- model calls, timed -------------------------------------------------------------------
-
-    # The executor batches, times and counts each onnxruntime call.
-
-    def _encode(
-        self, runtime: ModelExecutor, images: np.ndarray, labels: np.ndarray | None
-    ) -> tuple[np.ndarray, np.ndarray | None]:
-        return runtime.encode(images, labels)
-
-    def _decode(
-        self, runtime: ModelExecutor, latents: np.ndarray, labels: np.ndarray | None
-    ) -> np.ndarray:
-        return runtime.decode(latents, labels)
 
     # --- validation -----------------------------------------------------------------------------
 
@@ -129,7 +116,7 @@ class DataPlane:
         self._check_images(runtime, images, "images")
         self._check_rows(len(images), "images")
         label_array = self._labels(runtime, labels, len(images))
-        mean, log_variance = self._encode(runtime, images, label_array)
+        mean, log_variance = runtime.encode(images, label_array)
         latents = None
         if sample:
             if log_variance is None:
@@ -146,7 +133,7 @@ class DataPlane:
         self._check_latents(runtime, latents, "latents")
         self._check_rows(len(latents), "latents")
         label_array = self._labels(runtime, labels, len(latents))
-        images = self._decode(runtime, latents, label_array)
+        images = runtime.decode(latents, label_array)
         return Generated(images, latents, runtime)
 
     def _sample_params(
@@ -188,7 +175,7 @@ class DataPlane:
         labels = None if one_label is None else np.repeat(one_label, count)
         used_seed = self._seed(seed)
         latents = latent.sample_prior(count, runtime.metadata.latent_dim, used_seed, temperature)
-        images = self._decode(runtime, latents, labels)
+        images = runtime.decode(latents, labels)
         self.metrics.child(self.metrics.samples, runtime.metadata.name).inc(count)
         return Generated(images, latents, runtime, used_seed)
 
@@ -219,7 +206,7 @@ class DataPlane:
             rows = min(chunk_size, count - start)
             latents = latent.draw_prior(rng, rows, dim, temperature)  # (rows, D)
             labels = None if one_label is None else np.repeat(one_label, rows)
-            images = self._decode(runtime, latents, labels)
+            images = runtime.decode(latents, labels)
             self.metrics.child(self.metrics.samples, runtime.metadata.name).inc(rows)
             yield Generated(images, latents, runtime, used_seed)
 
@@ -252,7 +239,7 @@ class DataPlane:
                 if len(batch) != 1:
                     raise InvalidArgument(f"{what}: send one image, got {len(batch)}")
                 pair.append(batch)
-            mean, _ = self._encode(runtime, np.concatenate(pair), endpoint_labels)
+            mean, _ = runtime.encode(np.concatenate(pair), endpoint_labels)
             start, end = mean[0], mean[1]
         elif start_latent is not None and end_latent is not None:
             ends = []
@@ -267,5 +254,5 @@ class DataPlane:
             raise InvalidArgument("set either images (start and end) or latents (start and end)")
         path = (latent.slerp if spherical else latent.lerp)(start, end, steps)
         labels = None if endpoint_labels is None else np.full(steps, label, dtype=np.int64)
-        images = self._decode(runtime, path, labels)
+        images = runtime.decode(path, labels)
         return Generated(images, path, runtime)
