@@ -37,7 +37,8 @@ class RepositoryWatcher:
     def stop(self) -> None:
         self._stop.set()
         self._wake.set()
-        self._thread.join(timeout=30)
+        if self._thread.ident is not None:  # a server whose start failed never started it
+            self._thread.join(timeout=30)
 
     def _loop(self) -> None:
         while not self._stop.is_set():

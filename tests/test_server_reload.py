@@ -169,3 +169,12 @@ def test_a_model_added_by_a_reload_reports_serving_in_health(server):
     with grpc.insecure_channel(f"127.0.0.1:{server.port}") as channel:
         status = health_pb2_grpc.HealthStub(channel).Check(request, timeout=10).status
     assert status == health_pb2.HealthCheckResponse.SERVING
+
+
+def test_a_server_that_never_started_stops_cleanly(repository: Path) -> None:
+    from server.app import VaeServer
+
+    server = VaeServer(settings(repository, BatchingConfig()))
+    server.stop(grace=0.1)  # e.g. after start() failed: nothing to drain, nothing raised
+    assert not server.watcher._thread.is_alive()
+
