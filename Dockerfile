@@ -5,7 +5,7 @@
 #   docker build --target serve-cpu -t vae-serve:0.1.0-cpu .      the same server on plain onnxruntime
 #   docker build --target train -t vae-train:0.1.0 .              vae-train and vae-export, with torch
 #
-# The serving images hold the `server` package and its dependencies only: onnxruntime, grpcio, numpy,
+# The serving images hold the `server` and `client` packages and their dependencies only: onnxruntime, grpcio, numpy,
 # protobuf, prometheus-client, pillow; no torch. Every vae-serve option is also a VAE_* variable, so
 # they are configured by environment; the model repository is expected at /models (VAE_REPOSITORY).
 #
@@ -43,7 +43,7 @@ WORKDIR /src
 
 # serve-env: the server's environment for the GPU image. onnxruntime-gpu provides the same module as
 # onnxruntime, so the CPU wheel is left out rather than installed and then overwritten. Only server/
-# is copied in, so the installed project holds the server package and nothing of training or export.
+# and client/ are copied in, so the installed project holds no training or export code.
 # The build fails if torch got in anyway, or if the vae-serve entry point does not import.
 FROM build AS serve-env
 RUN --mount=type=cache,target=/root/.cache/uv \
@@ -52,6 +52,7 @@ RUN --mount=type=cache,target=/root/.cache/uv \
     uv sync --frozen --no-editable --no-install-project --extra gpu --no-install-package onnxruntime
 COPY pyproject.toml uv.lock README.md ./
 COPY server ./server
+COPY client ./client
 RUN --mount=type=cache,target=/root/.cache/uv \
     uv sync --frozen --no-editable --extra gpu --no-install-package onnxruntime \
     && rm /opt/venv/bin/vae-train /opt/venv/bin/vae-export \
@@ -66,6 +67,7 @@ RUN --mount=type=cache,target=/root/.cache/uv \
     uv sync --frozen --no-editable --no-install-project
 COPY pyproject.toml uv.lock README.md ./
 COPY server ./server
+COPY client ./client
 RUN --mount=type=cache,target=/root/.cache/uv \
     uv sync --frozen --no-editable \
     && rm /opt/venv/bin/vae-train /opt/venv/bin/vae-export \
@@ -80,6 +82,7 @@ RUN --mount=type=cache,target=/root/.cache/uv \
     uv sync --frozen --no-editable --no-install-project --extra train
 COPY pyproject.toml uv.lock README.md ./
 COPY server ./server
+COPY client ./client
 COPY training ./training
 COPY export ./export
 RUN --mount=type=cache,target=/root/.cache/uv \

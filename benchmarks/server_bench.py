@@ -68,7 +68,7 @@ def serve(args: argparse.Namespace, metrics_port: int, *flags: str) -> list[str]
 
 
 def bench(args: argparse.Namespace, *flags: str) -> dict:
-    command = [PY, "-m", "server.bench", f"--model={args.model}", f"--duration={args.duration}",
+    command = [PY, "-m", "client.bench", f"--model={args.model}", f"--duration={args.duration}",
                "--warmup=2", *flags]  # fmt: skip
     result = subprocess.run(command, capture_output=True, text=True, cwd=ROOT, timeout=600)
     if result.returncode not in (0, 3):
@@ -126,7 +126,7 @@ def main() -> int:
         args, "--in-process", f"--repository={args.repository}", *big
     )
     for transport in ("threaded", "aio"):
-        noop = [PY, "-m", "server.noop_server", "--port=0", f"--transport={transport}"]
+        noop = [PY, "-m", "client.noop_server", "--port=0", f"--transport={transport}"]
         with child(noop, args.output / f"noop_{transport}.log") as port:
             address = f"--address=127.0.0.1:{port}"
             results[f"c_noop_{transport}_1x64"] = bench(args, address, *small)

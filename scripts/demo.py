@@ -96,7 +96,7 @@ def two_test_images() -> tuple[Path, Path]:
 
 
 def measure_latency(address: str, calls: int = 200) -> dict[str, float]:
-    from server.client import VaeClient
+    from client.api import VaeClient
 
     timings = []
     with VaeClient(address) as client:

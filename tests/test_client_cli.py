@@ -5,7 +5,7 @@ import json
 import numpy as np
 from PIL import Image
 
-from server.client_cli import main
+from client.cli import main
 
 
 def client(live_server, *args):

@@ -222,11 +222,11 @@ def test_train_image_installs_torch():
 
 
 @pytest.mark.parametrize("stage", SERVING_STAGES)
-def test_serving_image_copies_in_the_server_package_only(stage):
+def test_serving_image_copies_in_the_server_and_client_packages_only(stage):
     sources = {
         c.value[0] for c in environment_stage(stage).all("COPY") if not c.flags and len(c.value) > 1
     }
-    assert {s for s in sources if (ROOT / s).is_dir()} == {"server"}
+    assert {s for s in sources if (ROOT / s).is_dir()} == {"server", "client"}
 
 
 # -------------------------------------------------------------------------- how the image runs

@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from server.bench import main as bench_main
+from client.bench import main as bench_main
 from tests.server_helpers import running_server, settings
 
 

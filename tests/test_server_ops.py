@@ -178,7 +178,7 @@ def test_a_bad_model_batching_option_says_what_is_allowed(capsys):
 def test_the_server_and_client_import_without_torch():
     code = (
         "import sys; sys.modules['torch'] = None\n"
-        "import server.app, server.cli, server.client, server.client_cli, server.bench, server.noop_server\n"
+        "import server.app, server.cli, client.api, client.cli, client.bench, client.noop_server\n"
         "print('ok')"
     )
     env = {**os.environ, "PYTHONPATH": str(ROOT)}

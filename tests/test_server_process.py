@@ -113,7 +113,7 @@ def test_server_package_imports_without_torch():
         "        if name == 'torch' or name.startswith(('torch.', 'torchvision')):\n"
         "            raise ImportError('torch is blocked in this test')\n"
         "sys.meta_path.insert(0, Block())\n"
-        "import server.app, server.cli, server.client, server.service, server.runtime\n"
+        "import server.app, server.cli, client.api, server.service, server.runtime\n"
         "assert not any(m == 'torch' or m.startswith('torch.') for m in sys.modules)\n"
         "print('ok')\n"
     )

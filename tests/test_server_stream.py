@@ -8,7 +8,7 @@ import grpc
 import numpy as np
 import pytest
 
-from server.client import VaeClient
+from client.api import VaeClient
 from server.proto_gen.vae.v1 import vae_pb2
 from tests.server_helpers import running_server, settings, stub_for
 

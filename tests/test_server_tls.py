@@ -10,7 +10,7 @@ from pathlib import Path
 import grpc
 import pytest
 
-from server.client import VaeClient
+from client.api import VaeClient
 from server.tls import TlsConfigError, server_credentials
 from tests.server_helpers import running_server, settings
 

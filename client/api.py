@@ -1,5 +1,5 @@
 """VaeClient: the Python API for a running server (every RPC, TLS, deadlines); `vae-client` is in
-server/client_cli.py."""
+client/cli.py."""
 
 from __future__ import annotations
 

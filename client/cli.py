@@ -13,7 +13,7 @@ import numpy as np
 from google.protobuf import json_format
 from PIL import Image
 
-from server.client import METHODS, VaeClient
+from client.api import METHODS, VaeClient
 from server.codecs import grid_png
 
 
