@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import json
+import multiprocessing
 import os
 import sys
 import threading
@@ -56,56 +57,121 @@ def _channel(args: argparse.Namespace) -> grpc.aio.Channel:
     return grpc.aio.insecure_channel(args.address, options=options)
 
 
-async def _run_grpc(args: argparse.Namespace) -> dict:
+# How each --format value asks for images.
+FORMATS = {
+    "float32": vae_pb2.IMAGE_FORMAT_TENSOR,
+    "uint8": vae_pb2.IMAGE_FORMAT_UINT8,
+    "png": vae_pb2.IMAGE_FORMAT_PNG,
+}
+# Distinct serialised requests a worker cycles through (Sample: one seed each).
+REQUEST_POOL = 256
+
+
+def _requests(args: argparse.Namespace, info: vae_pb2.ModelInfo, worker: int) -> list[bytes]:
+    """The serialised requests one worker sends, built once so the loop costs the client little."""
+    ref = vae_pb2.ModelRef(name=args.model)
+    n = args.samples
+    label = 0 if info.num_classes else None
+    labels = [0] * n if info.num_classes else []
+    image_format = FORMATS[args.format]
+    if args.rpc == "sample":
+        return [
+            vae_pb2.SampleRequest(
+                model=ref, count=n, seed=worker * REQUEST_POOL + i, label=label, format=image_format
+            ).SerializeToString()
+            for i in range(REQUEST_POOL)
+        ]
+    if args.rpc == "decode":
+        rng = np.random.default_rng(worker)
+        latents = tensor_to_proto(rng.standard_normal((n, info.latent_dim), dtype=np.float32))
+        request = vae_pb2.DecodeRequest(
+            model=ref, latents=latents, labels=labels, format=image_format
+        )
+        return [request.SerializeToString()]
+    if args.rpc == "encode":
+        images = tensor_to_proto(np.zeros((n, *info.image_shape), dtype=np.float32))
+        return [vae_pb2.EncodeRequest(model=ref, images=images, labels=labels).SerializeToString()]
+    return [vae_pb2.GetModelInfoRequest(model=ref).SerializeToString()]
+
+
+METHOD_PATHS = {
+    "sample": "/vae.v1.VaeService/Sample",
+    "decode": "/vae.v1.VaeService/Decode",
+    "encode": "/vae.v1.VaeService/Encode",
+    "info": "/vae.v1.VaeService/GetModelInfo",
+}
+
+
+async def _drive(args: argparse.Namespace, first_worker: int, workers: int) -> dict:
+    """`workers` closed-loop callers on one channel; raw bytes both ways, so the client parses no
+    responses (a load generator should spend the cores on load, not on decoding answers)."""
     async with _channel(args) as channel:
         stub = vae_pb2_grpc.VaeServiceStub(channel)
         ref = vae_pb2.ModelRef(name=args.model)
         info = await stub.GetModelInfo(vae_pb2.GetModelInfoRequest(model=ref), timeout=args.timeout)
-        label = 0 if info.num_classes else None
-        n = args.samples
-        rng = np.random.default_rng(0)
-        latents = tensor_to_proto(rng.standard_normal((n, info.latent_dim), dtype=np.float32))
-        images = tensor_to_proto(np.zeros((n, *info.image_shape), dtype=np.float32))
-        labels = [0] * n if info.num_classes else []
-
-        def call(i: int):
-            if args.rpc == "sample":
-                request = vae_pb2.SampleRequest(model=ref, count=n, seed=i, label=label)
-                return stub.Sample(request, timeout=args.timeout)
-            if args.rpc == "decode":
-                decode = vae_pb2.DecodeRequest(model=ref, latents=latents, labels=labels)
-                return stub.Decode(decode, timeout=args.timeout)
-            if args.rpc == "encode":
-                encode = vae_pb2.EncodeRequest(model=ref, images=images, labels=labels)
-                return stub.Encode(encode, timeout=args.timeout)
-            return stub.GetModelInfo(vae_pb2.GetModelInfoRequest(model=ref), timeout=args.timeout)
-
+        call = channel.unary_unary(METHOD_PATHS[args.rpc])  # no serialisers: bytes in, bytes out
         latencies: list[float] = []
         errors: Counter[str] = Counter()
+        received = [0]
         measuring = False
         stop_at = time.perf_counter() + args.warmup + args.duration
 
         async def worker(w: int) -> None:
-            i = w
+            payloads = _requests(args, info, w)
+            i = 0
             while time.perf_counter() < stop_at:
                 start = time.perf_counter()
                 try:
-                    await call(i)
+                    reply = await call(payloads[i % len(payloads)], timeout=args.timeout)
                     if measuring:
                         latencies.append(time.perf_counter() - start)
+                        received[0] += len(reply)
                 except grpc.aio.AioRpcError as exc:
                     if measuring:
                         errors[exc.code().name] += 1
-                i += args.concurrency
+                i += 1
 
-        tasks = [asyncio.create_task(worker(w)) for w in range(args.concurrency)]
+        tasks = [asyncio.create_task(worker(first_worker + w)) for w in range(workers)]
         await asyncio.sleep(args.warmup)
         measuring, begin = True, time.perf_counter()
         await asyncio.gather(*tasks)
         seconds = time.perf_counter() - begin
-    return summarise(
-        latencies, errors, seconds, **_describe(args), provider=info.execution_provider
-    )
+    return {
+        "latencies": latencies,
+        "errors": dict(errors),
+        "seconds": seconds,
+        "bytes": received[0],
+        "provider": info.execution_provider,
+    }
+
+
+def _drive_in_child(args: argparse.Namespace, first_worker: int, workers: int) -> dict:
+    return asyncio.run(_drive(args, first_worker, workers))
+
+
+def _run_grpc(args: argparse.Namespace) -> dict:
+    """Split --concurrency over --client-processes processes (one event loop each), merge results."""
+    processes = min(args.client_processes, args.concurrency)
+    shares = [
+        args.concurrency // processes + (p < args.concurrency % processes) for p in range(processes)
+    ]
+    firsts = [sum(shares[:p]) for p in range(processes)]
+    if processes == 1:
+        parts = [asyncio.run(_drive(args, 0, args.concurrency))]
+    else:
+        context = multiprocessing.get_context("spawn")
+        with context.Pool(processes) as pool:
+            parts = pool.starmap(
+                _drive_in_child, [(args, f, s) for f, s in zip(firsts, shares, strict=True)]
+            )
+    latencies = [x for part in parts for x in part["latencies"]]
+    errors: Counter[str] = Counter()
+    for part in parts:
+        errors.update(part["errors"])
+    seconds = max(part["seconds"] for part in parts)
+    result = summarise(latencies, errors, seconds, **_describe(args), provider=parts[0]["provider"])
+    result["response_mb_per_s"] = round(sum(p["bytes"] for p in parts) / seconds / 1e6, 1)
+    return result
 
 
 def _run_in_process(args: argparse.Namespace) -> dict:
@@ -160,6 +226,8 @@ def _describe(args: argparse.Namespace) -> dict:
         "model": args.model,
         "concurrency": args.concurrency,
         "samples_per_request": args.samples,
+        "format": args.format,
+        "client_processes": 1 if args.in_process else args.client_processes,
         "warmup_s": args.warmup,
     }
 
@@ -178,6 +246,18 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--samples", type=int, default=1, help="images (or rows) per request")
     parser.add_argument("--timeout", type=float, default=30.0, help="deadline per call, seconds")
     parser.add_argument(
+        "--format",
+        choices=tuple(FORMATS),
+        default="float32",
+        help="how Sample and Decode return images",
+    )
+    parser.add_argument(
+        "--client-processes",
+        type=int,
+        default=1,
+        help="load-generator processes sharing --concurrency (one event loop each)",
+    )
+    parser.add_argument(
         "--tls-ca", default=env("VAE_TLS_CA", ""), help="PEM CA: use TLS [VAE_TLS_CA]"
     )
     parser.add_argument(
@@ -194,9 +274,11 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
-    if args.concurrency < 1 or args.duration <= 0 or args.samples < 1:
+    if args.concurrency < 1 or args.duration <= 0 or args.samples < 1 or args.client_processes < 1:
         print(
-            "vae-bench: --concurrency, --duration and --samples must be positive", file=sys.stderr
+            "vae-bench: --concurrency, --duration, --samples and --client-processes must be "
+            "positive",
+            file=sys.stderr,
         )
         return 2
     if args.in_process:
@@ -208,7 +290,7 @@ def main(argv: list[str] | None = None) -> int:
         result = _run_in_process(args)
     else:
         try:
-            result = asyncio.run(_run_grpc(args))
+            result = _run_grpc(args)
         except grpc.aio.AioRpcError as exc:
             print(f"vae-bench: cannot reach {args.address}: {exc.details()}", file=sys.stderr)
             return 1

@@ -18,24 +18,34 @@ from server.proto_gen.vae.v1 import vae_pb2, vae_pb2_grpc
 
 
 @functools.lru_cache(maxsize=16)
-def _response(count: int) -> vae_pb2.SampleResponse:
-    """The size a real 28x28, 8-latent Sample answer has, so the transport moves the same bytes."""
+def _response_for(count: int, uint8: bool) -> vae_pb2.SampleResponse:
+    """The size a real 28x28, 20-latent Sample answer has, so the transport moves the same bytes."""
+    if uint8:
+        images = vae_pb2.Tensor(
+            shape=[count, 1, 28, 28], data=bytes(count * 784), dtype=vae_pb2.DATA_TYPE_UINT8
+        )
+    else:
+        images = tensor_to_proto(np.zeros((count, 1, 28, 28), dtype=np.float32))
     return vae_pb2.SampleResponse(
-        images=tensor_to_proto(np.zeros((count, 1, 28, 28), dtype=np.float32)),
-        latents=tensor_to_proto(np.zeros((count, 8), dtype=np.float32)),
+        images=images,
+        latents=tensor_to_proto(np.zeros((count, 20), dtype=np.float32)),
         model=vae_pb2.ModelRef(name="noop", version=1),
     )
 
 
+def _response(request: vae_pb2.SampleRequest) -> vae_pb2.SampleResponse:
+    return _response_for(request.count, request.format == vae_pb2.IMAGE_FORMAT_UINT8)
+
+
 def _info() -> vae_pb2.ModelInfo:
     return vae_pb2.ModelInfo(
-        name="noop", version=1, latent_dim=8, image_shape=[1, 28, 28], execution_provider="none"
+        name="noop", version=1, latent_dim=20, image_shape=[1, 28, 28], execution_provider="none"
     )
 
 
 class NoopServicer(vae_pb2_grpc.VaeServiceServicer):
     def Sample(self, request, context):
-        return _response(request.count)
+        return _response(request)
 
     def GetModelInfo(self, request, context):
         return _info()
@@ -43,7 +53,7 @@ class NoopServicer(vae_pb2_grpc.VaeServiceServicer):
 
 class AsyncNoopServicer(vae_pb2_grpc.VaeServiceServicer):
     async def Sample(self, request, context):
-        return _response(request.count)
+        return _response(request)
 
     async def GetModelInfo(self, request, context):
         return _info()

@@ -1,19 +1,38 @@
-"""Builds and runs the gRPC server: models, servicer, health, reflection, metrics endpoint, shutdown."""
+"""One serving process: models, the grpc.aio server (vae.v1, health, reflection), metrics, drain.
+
+The process runs one asyncio event loop in a thread of its own ("vae-loop"); the caller's thread
+starts and stops it (`start`, `stop`, `wait`), so tests drive a real server in-process and `vae-serve`
+handles signals in its main thread. With `--processes N`, server/supervisor.py starts N of these, each
+in its own process, sharing the port.
+"""
 
 from __future__ import annotations
 
+import asyncio
+import concurrent.futures
 import logging
+import os
 import signal
 import threading
-from concurrent import futures
+import time
 from types import FrameType
 
 import grpc
-from grpc_health.v1 import health, health_pb2, health_pb2_grpc
+from grpc_health.v1 import health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
 from prometheus_client import start_http_server
 
+from server import reflection_v1
 from server.executor import ModelExecutor
+from server.health import (
+    DRAINING,
+    NOT_SERVING,
+    SERVICE_UNKNOWN,
+    SERVING,
+    UP,
+    HealthServicer,
+    ProcessStates,
+)
 from server.metrics import Metrics
 from server.model_store import ModelStore, ReloadResult
 from server.proto_gen.vae.v1 import vae_pb2, vae_pb2_grpc
@@ -27,6 +46,8 @@ from server.tls import TlsConfigError, server_credentials
 log = logging.getLogger(__name__)
 
 SERVICE_NAME = vae_pb2.DESCRIPTOR.services_by_name["VaeService"].full_name  # "vae.v1.VaeService"
+HEALTH_SERVICE = "grpc.health.v1.Health"
+GPU_PROVIDERS = ("CUDAExecutionProvider", "TensorrtExecutionProvider")
 
 
 class StartupError(RuntimeError):
@@ -38,17 +59,35 @@ def model_health_name(model: str) -> str:
     return f"{SERVICE_NAME}/{model}"
 
 
-class VaeServer:
-    """One serving process: load and warm every model, then serve until stopped."""
+def grpc_options(settings: Settings, shared_port: bool) -> list[tuple[str, int]]:
+    limit = settings.limits.max_message_bytes
+    return [
+        ("grpc.max_receive_message_length", limit),
+        ("grpc.max_send_message_length", limit),
+        # Several processes bind one port only when asked to; otherwise a port in use is an error
+        # (gRPC on Linux sets SO_REUSEPORT by default, which would let two servers share it silently).
+        ("grpc.so_reuseport", 1 if shared_port else 0),
+    ]
 
-    def __init__(self, settings: Settings) -> None:
+
+class VaeServer:
+    """One serving process: load and warm every model, then serve until stopped.
+
+    `states` is this process's slot among the processes of one `vae-serve --processes N`; None for a
+    server of one process.
+    """
+
+    def __init__(self, settings: Settings, states: ProcessStates | None = None) -> None:
         self.settings = settings
+        self.states = states
         self.metrics = Metrics()
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self._offload: concurrent.futures.ThreadPoolExecutor | None = None
         self.store = ModelStore(
             settings.repository,
             RuntimeOptions(
                 providers=settings.providers,
-                intra_op_threads=settings.intra_op_threads,
+                intra_op_threads=settings.resolved_intra_op_threads(),
                 inter_op_threads=settings.inter_op_threads,
                 cuda_device_id=settings.cuda_device_id,
                 cuda_arena_extend_strategy=settings.cuda_arena_extend_strategy,
@@ -59,15 +98,22 @@ class VaeServer:
                 tensorrt_fp16=settings.tensorrt_fp16,
             ),
             executor_factory=self._executor,
+            close_executor=self._close_executor,
         )
         self.plane = DataPlane(self.store, settings.limits, self.metrics)
         self.servicer = VaeServicer(self.store, self.plane, self.metrics)
-        self.health = health.HealthServicer()
-        self._grpc: grpc.Server | None = None
+        self.health = HealthServicer(states)
+        self._grpc: grpc.aio.Server | None = None
+        self._health_grpc: grpc.aio.Server | None = None
         self._metrics_http: tuple[object, threading.Thread] | None = None
         self.port = 0
         self.metrics_port = 0
+        self.health_port = 0
+        self._thread: threading.Thread | None = None
+        self._stopping = threading.Lock()
+        self._stop_requested = False
         self._stopped = threading.Event()
+        self._done: asyncio.Event | None = None
         self.watcher = RepositoryWatcher(
             self.store, settings.reload_interval_seconds, self._after_reload
         )
@@ -75,15 +121,37 @@ class VaeServer:
         self.reload_count = 0
         self._health_models: set[str] = set()
 
+    # --- models ---------------------------------------------------------------------------------
+
+    def _offload_for(self, runtime: ModelRuntime) -> concurrent.futures.Executor | None:
+        """Where this model's calls run: on the loop (CPU: cheaper than a thread hand-off for calls
+        of a fraction of a millisecond) or in a thread (GPU: the loop serves while the device works)."""
+        mode = self.settings.inference_executor
+        if mode == "loop" or (mode == "auto" and runtime.provider not in GPU_PROVIDERS):
+            return None
+        if self._offload is None:
+            self._offload = concurrent.futures.ThreadPoolExecutor(
+                max_workers=4, thread_name_prefix="vae-infer"
+            )
+        return self._offload
+
     def _executor(self, runtime: ModelRuntime) -> ModelExecutor:
         config = self.settings.batching_for(runtime.metadata.name)
-        return ModelExecutor(runtime, config, self.metrics)
+        return ModelExecutor(runtime, config, self.metrics, self._offload_for(runtime))
+
+    def _close_executor(self, executor: ModelExecutor) -> None:
+        """An unloaded version's batchers close on the loop (reload runs in a thread)."""
+        loop = self._loop
+        if loop is not None and loop.is_running():
+            loop.call_soon_threadsafe(executor.close)
+        else:
+            executor.close()
 
     def _require_gpu(self, runtimes: list[ModelExecutor]) -> None:
         on_cpu = [
             f"{rt.metadata.name}/{rt.metadata.version}"
             for rt in runtimes
-            if rt.provider not in ("CUDAExecutionProvider", "TensorrtExecutionProvider")
+            if rt.provider not in GPU_PROVIDERS
         ]
         if on_cpu:
             raise StartupError(
@@ -92,39 +160,6 @@ class VaeServer:
                 "visible and the CUDA/cuDNN libraries on the library path?); drop --require-gpu "
                 "to serve on CPU"
             )
-
-    def _publish_models(self) -> None:
-        """Loaded-model gauge and per-model health from what the store serves now."""
-        runtimes = self.store.all()
-        self.metrics.set_loaded_models(
-            [(rt.metadata.name, rt.metadata.version, rt.provider) for rt in runtimes]
-        )
-        if self.servicer.draining.is_set() or self._grpc is None:
-            return
-        serving = set(self.store.names())
-        for name in serving:
-            self.health.set(model_health_name(name), health_pb2.HealthCheckResponse.SERVING)
-        for name in self._health_models - serving:
-            self.health.set(model_health_name(name), health_pb2.HealthCheckResponse.SERVICE_UNKNOWN)
-        self._health_models = serving
-
-    def _after_reload(self, result: ReloadResult | None) -> None:
-        if result is None:
-            self.metrics.reloads.labels("failed").inc()
-        else:
-            for failure in result.failed:
-                self.metrics.load_failures.labels(failure.name).inc()
-            self.metrics.reloads.labels("changed" if result.changed else "unchanged").inc()
-            if result.changed:
-                log.info("reloaded: added %s, removed %s", result.added, result.removed)
-                self._publish_models()
-        with self.reloaded:
-            self.reload_count += 1
-            self.reloaded.notify_all()
-
-    def reload_now(self) -> None:
-        """Ask the watcher for a rescan (what SIGHUP does)."""
-        self.watcher.trigger()
 
     def _load_models(self) -> None:
         try:
@@ -142,55 +177,133 @@ class VaeServer:
         if self.settings.require_gpu:
             self._require_gpu(runtimes)
 
+    async def _publish_models(self) -> None:
+        """Loaded-model gauge and per-model health from what the store serves now."""
+        runtimes = self.store.all()
+        self.metrics.set_loaded_models(
+            [(rt.metadata.name, rt.metadata.version, rt.provider) for rt in runtimes]
+        )
+        if self.servicer.draining or self._grpc is None:
+            return
+        serving = set(self.store.names())
+        await self.health.set_many([model_health_name(n) for n in serving], SERVING)
+        gone = [model_health_name(n) for n in self._health_models - serving]
+        await self.health.set_many(gone, SERVICE_UNKNOWN)
+        self._health_models = serving
+
+    def _after_reload(self, result: ReloadResult | None) -> None:
+        """Runs on the loop after every scan."""
+        if result is None:
+            self.metrics.reloads.labels("failed").inc()
+        else:
+            for failure in result.failed:
+                self.metrics.load_failures.labels(failure.name).inc()
+            self.metrics.reloads.labels("changed" if result.changed else "unchanged").inc()
+            if result.changed:
+                log.info("reloaded: added %s, removed %s", result.added, result.removed)
+                asyncio.get_running_loop().create_task(self._publish_models())
+        with self.reloaded:
+            self.reload_count += 1
+            self.reloaded.notify_all()
+
+    def reload_now(self) -> None:
+        """Ask the watcher for a rescan (what SIGHUP does); safe from any thread."""
+        self.watcher.trigger()
+
+    # --- start ----------------------------------------------------------------------------------
+
     def start(self) -> int:
-        """Load models, bind ports, start serving; returns the bound gRPC port."""
+        """Load models, bind ports, start serving in the loop thread; returns the bound gRPC port."""
         self._load_models()
-        limit = self.settings.limits.max_message_bytes
-        self._grpc = grpc.server(
-            futures.ThreadPoolExecutor(
-                max_workers=self.settings.workers, thread_name_prefix="vae-grpc"
-            ),
-            options=[
-                ("grpc.max_receive_message_length", limit),
-                ("grpc.max_send_message_length", limit),
-            ],
+        self._loop = asyncio.new_event_loop()
+        started: concurrent.futures.Future[int] = concurrent.futures.Future()
+        self._thread = threading.Thread(
+            target=self._run_loop, args=(started,), name="vae-loop", daemon=True
         )
-        vae_pb2_grpc.add_VaeServiceServicer_to_server(self.servicer, self._grpc)
-        health_pb2_grpc.add_HealthServicer_to_server(self.health, self._grpc)
-        reflection.enable_server_reflection(
-            (SERVICE_NAME, health.SERVICE_NAME, reflection.SERVICE_NAME), self._grpc
+        self._thread.start()
+        try:
+            self.port = started.result()
+        except BaseException:
+            self._thread.join()
+            self._close_models()
+            raise
+        if self.settings.metrics_port and self.states is None:
+            self._start_metrics(self.settings.metrics_port)
+        if self.states is not None:
+            self.states.set(UP)
+        credentials = "plaintext" if not self.settings.tls_cert else "TLS"
+        log.info(
+            "serving %s on %s:%d (%s, batching %s, metrics on %s, health port %s, pid %d)",
+            ", ".join(self.store.names()),
+            self.settings.host,
+            self.port,
+            credentials,
+            "on" if self.settings.batching.enabled else "off",
+            self.metrics_port or ("the supervisor" if self.states is not None else "off"),
+            self.health_port or "off",
+            os.getpid(),
         )
-        address = f"{self.settings.host}:{self.settings.port}"
+        return self.port
+
+    def _run_loop(self, started: concurrent.futures.Future[int]) -> None:
+        assert self._loop is not None
+        asyncio.set_event_loop(self._loop)
+        try:
+            self._loop.run_until_complete(self._serve(started))
+        finally:
+            self._loop.run_until_complete(self._loop.shutdown_asyncgens())
+            self._loop.close()
+            self._stopped.set()
+
+    async def _serve(self, started: concurrent.futures.Future[int]) -> None:
+        self._done = asyncio.Event()
+        try:
+            port = await self._start_grpc()
+        except BaseException as exc:
+            started.set_exception(exc)
+            return
+        started.set_result(port)
+        await self._done.wait()
+
+    def _bind(self, server: grpc.aio.Server, address: str, secure: bool) -> int:
         s = self.settings
         try:
             credentials = server_credentials(s.tls_cert, s.tls_key, s.tls_client_ca)
         except TlsConfigError as exc:
             raise StartupError(str(exc)) from exc
         try:
-            if credentials is None:
-                self.port = self._grpc.add_insecure_port(address)
+            if credentials is None or not secure:
+                port = server.add_insecure_port(address)
             else:
-                self.port = self._grpc.add_secure_port(address, credentials)
+                port = server.add_secure_port(address, credentials)
         except RuntimeError as exc:
             raise StartupError(f"cannot bind gRPC to {address}: {exc}") from exc
-        if self.port == 0:
+        if port == 0:
             raise StartupError(f"cannot bind gRPC to {address}; is the port in use?")
-        self._grpc.start()
-        if self.settings.metrics_port:
-            self._start_metrics(self.settings.metrics_port)
-        self._set_serving(True)
-        self._publish_models()
+        return port
+
+    async def _start_grpc(self) -> int:
+        shared = self.states is not None
+        self._grpc = grpc.aio.server(options=grpc_options(self.settings, shared))
+        vae_pb2_grpc.add_VaeServiceServicer_to_server(self.servicer, self._grpc)
+        health_pb2_grpc.add_HealthServicer_to_server(self.health, self._grpc)
+        names = (SERVICE_NAME, HEALTH_SERVICE, reflection.SERVICE_NAME, reflection_v1.SERVICE_NAME)
+        reflection.enable_server_reflection(names, self._grpc)
+        reflection_v1.enable_server_reflection(names, self._grpc)
+        port = self._bind(self._grpc, f"{self.settings.host}:{self.settings.port}", secure=True)
+        health_port = self.settings.resolved_health_port()
+        if health_port is not None:
+            # Plaintext, health only: kubelet's gRPC probes and the container HEALTHCHECK speak no TLS.
+            self._health_grpc = grpc.aio.server(options=grpc_options(self.settings, shared))
+            health_pb2_grpc.add_HealthServicer_to_server(self.health, self._health_grpc)
+            address = f"{self.settings.host}:{health_port}"
+            self.health_port = self._bind(self._health_grpc, address, secure=False)
+            await self._health_grpc.start()
+        await self._grpc.start()
+        await self.health.set_many(("", SERVICE_NAME), SERVING)
+        await self._publish_models()
         self.watcher.start()
-        log.info(
-            "serving %s on %s:%d (%s, batching %s, metrics on %s)",
-            ", ".join(self.store.names()),
-            self.settings.host,
-            self.port,
-            "plaintext" if credentials is None else "TLS",
-            "on" if self.settings.batching.enabled else "off",
-            self.metrics_port or "off",
-        )
-        return self.port
+        return port
 
     def _start_metrics(self, port: int) -> None:
         try:
@@ -198,49 +311,83 @@ class VaeServer:
                 port, addr=self.settings.metrics_host, registry=self.metrics.registry
             )
         except OSError as exc:
+            self.stop(grace=0)
             raise StartupError(
                 f"cannot serve metrics on {self.settings.metrics_host}:{port}: {exc}"
             ) from exc
         self._metrics_http = (httpd, thread)
         self.metrics_port = httpd.server_port
 
-    def _set_serving(self, serving: bool) -> None:
-        status = (
-            health_pb2.HealthCheckResponse.SERVING
-            if serving
-            else health_pb2.HealthCheckResponse.NOT_SERVING
-        )
-        self.health.set("", status)
-        self.health.set(SERVICE_NAME, status)
-        self._health_models = set(self.store.names())
-        for name in self._health_models:
-            self.health.set(model_health_name(name), status)
+    # --- drain and stop -------------------------------------------------------------------------
 
     def stop(self, grace: float | None = None) -> None:
-        """Drain: report NOT_SERVING, refuse new calls, let in-flight calls finish within `grace`."""
-        if self._stopped.is_set():
-            return
-        grace = self.settings.grace_seconds if grace is None else grace
-        self.health.enter_graceful_shutdown()  # every service NOT_SERVING from now on
-        if self.settings.drain_delay_seconds > 0:
+        """Drain: report NOT_SERVING, keep serving for --drain-delay-seconds, then refuse new calls
+        with UNAVAILABLE and let every accepted call finish within `grace` seconds; then stop."""
+        with self._stopping:
+            if self._stop_requested:
+                first = False
+            else:
+                self._stop_requested = first = True
+        if first:
+            grace = self.settings.grace_seconds if grace is None else grace
+            loop = self._loop
+            if loop is not None and not loop.is_closed() and self._thread is not None:
+                try:
+                    drain = asyncio.run_coroutine_threadsafe(self._drain(grace), loop)
+                except RuntimeError:  # the loop ended on its own (a failed start)
+                    drain = None
+                if drain is not None:
+                    drain.result()
+                self._thread.join()
+            self._close_models()
+            self._stop_metrics()
+            self._stopped.set()
+            log.info("stopped")
+        self._stopped.wait()
+
+    async def _drain(self, grace: float) -> None:
+        if self.states is not None:
+            self.states.set(DRAINING)  # every process now reports NOT_SERVING for this one
+        await self.health.set_many(
+            ("", SERVICE_NAME, *(model_health_name(n) for n in self._health_models)), NOT_SERVING
+        )
+        delay = self.settings.drain_delay_seconds
+        if delay > 0:
             # Keep answering while load balancers notice NOT_SERVING and stop sending calls.
-            log.info(
-                "draining: NOT_SERVING, refusing calls in %.1fs", self.settings.drain_delay_seconds
+            log.info("draining: NOT_SERVING, refusing new calls in %.1fs", delay)
+            await asyncio.sleep(delay)
+        self.servicer.draining = True  # new calls: UNAVAILABLE, which clients may retry elsewhere
+        active = self.servicer.calls.active
+        log.info("draining: %d call(s) in flight, waiting up to %.1fs for them", active, grace)
+        deadline = time.monotonic() + grace
+        try:
+            await asyncio.wait_for(self.servicer.calls.idle(), grace)
+        except TimeoutError:
+            log.warning(
+                "draining: %d call(s) still running after %.1fs; cancelling them",
+                self.servicer.calls.active,
+                grace,
             )
-            threading.Event().wait(self.settings.drain_delay_seconds)
-        log.info("draining: waiting up to %.1fs for in-flight calls", grace)
-        self.servicer.draining.set()
-        self.watcher.stop()
-        if self._grpc is not None:
-            self._grpc.stop(grace).wait()
+        await self.watcher.stop()
+        remaining = max(0.0, deadline - time.monotonic())
+        for server in (self._grpc, self._health_grpc):
+            if server is not None:
+                await server.stop(remaining)
         for executor in self.store.all():
             executor.close()
+        if self._done is not None:
+            self._done.set()
+
+    def _close_models(self) -> None:
+        if self._offload is not None:
+            self._offload.shutdown(wait=True)
+
+    def _stop_metrics(self) -> None:
         if self._metrics_http is not None:
             httpd, _ = self._metrics_http
             httpd.shutdown()  # type: ignore[attr-defined]
             httpd.server_close()  # type: ignore[attr-defined]
-        self._stopped.set()
-        log.info("stopped")
+            self._metrics_http = None
 
     def wait(self) -> None:
         self._stopped.wait()

@@ -1,20 +1,28 @@
-"""Dynamic batching: merge concurrent calls of one model component into one onnxruntime call.
+"""Dynamic batching on the event loop: merge concurrent calls of one model component into one call.
 
-A Batcher owns a bounded queue and one worker thread. Callers `submit` rows (N, ...) and get a Future;
-the worker takes queued requests until `max_batch_size` rows are gathered or `max_queue_delay` has
-passed since the oldest one arrived, whichever comes first (Triton's dynamic batcher; LitServe's
-`batch_timeout`), runs them as one call and splits the outputs back by row counts. A request whose
-Future was cancelled before its batch started is dropped from the batch. No grpc import here.
+A Batcher belongs to one (model version, component) and one asyncio event loop. Callers `await
+submit(inputs)` with rows (N, ...); the batcher gathers queued requests until `max_batch_size` rows
+are waiting or the oldest has waited `max_queue_delay_ms`, whichever comes first (Triton's dynamic
+batcher; LitServe's `batch_timeout`), runs them as one call and splits the outputs back by row counts.
+
+With no queue delay (the default) a batch starts on the next turn of the event loop, after every
+handler that is ready in this turn has queued its rows, so calls that arrive while the model is busy
+ride together in the next batch and a lone caller waits for nothing.
+
+Where the call runs: `offload=None` runs it on the loop thread (a CPU model call of a fraction of a
+millisecond costs less than handing it to a thread and back); an Executor runs it there while the loop
+goes on serving (a GPU, or long calls), one batch at a time per component. A request whose caller was
+cancelled before its batch started is dropped from the batch. No grpc import here.
 """
 
 from __future__ import annotations
 
+import asyncio
 import logging
-import threading
 import time
 from collections import deque
 from collections.abc import Callable, Sequence
-from concurrent.futures import Future
+from concurrent.futures import Executor
 from dataclasses import dataclass
 
 import numpy as np
@@ -27,6 +35,9 @@ log = logging.getLogger(__name__)
 RunFunction = Callable[[Sequence[np.ndarray | None]], Sequence[np.ndarray | None]]
 # Called once per executed batch: (rows, inference seconds, queue wait seconds of each request).
 BatchObserver = Callable[[int, float, list[float]], None]
+# Called with the rows waiting whenever that changes (the queue-depth gauge).
+QueueObserver = Callable[[int], None]
+Outputs = list[np.ndarray | None]
 
 
 @dataclass(frozen=True)
@@ -53,12 +64,32 @@ class BatchingConfig:
 class _Pending:
     inputs: Sequence[np.ndarray | None]
     rows: int
-    future: Future
+    future: asyncio.Future[Outputs]
     enqueued: float
 
 
+def split_outputs(outputs: Sequence[np.ndarray | None], rows: Sequence[int]) -> list[Outputs]:
+    """Cut each output of a merged call back into the row counts of the requests that formed it."""
+    parts: list[Outputs] = []
+    offset = 0
+    for n in rows:
+        parts.append([None if o is None else o[offset : offset + n] for o in outputs])
+        offset += n
+    return parts
+
+
+def merge_inputs(batch: Sequence[Sequence[np.ndarray | None]]) -> list[np.ndarray | None]:
+    """Concatenate the requests' inputs row-wise, input by input (None stays None)."""
+    if len(batch) == 1:
+        return list(batch[0])
+    return [
+        None if batch[0][i] is None else np.concatenate([inputs[i] for inputs in batch])
+        for i in range(len(batch[0]))
+    ]
+
+
 class Batcher:
-    """A bounded queue plus a worker thread for one (model version, component)."""
+    """A bounded queue of one model component's requests, batched on the running event loop."""
 
     def __init__(
         self,
@@ -66,123 +97,150 @@ class Batcher:
         run: RunFunction,
         config: BatchingConfig,
         observe: BatchObserver | None = None,
+        offload: Executor | None = None,
+        observe_queue: QueueObserver | None = None,
     ) -> None:
         self.name = name
         self.config = config
         self._run = run
         self._observe = observe or (lambda rows, seconds, waits: None)
+        self._observe_queue = observe_queue or (lambda rows: None)
+        self._offload = offload
         self._queue: deque[_Pending] = deque()
         self._queued_rows = 0
-        self._cond = threading.Condition()
+        self._busy = False  # a batch is scheduled or running; it schedules the next one when done
+        self._timer: asyncio.TimerHandle | None = None
         self._closed = False
-        self._worker = threading.Thread(target=self._loop, name=f"batcher-{name}", daemon=True)
-        self._worker.start()
+        self._idle = asyncio.Event()  # set whenever nothing is queued or running
+        self._idle.set()
 
     @property
     def queued_rows(self) -> int:
-        with self._cond:
-            return self._queued_rows
+        return self._queued_rows
 
-    def submit(self, inputs: Sequence[np.ndarray | None]) -> Future:
-        """Queue one request's inputs (all with the same row count N); its Future gets its outputs."""
+    async def submit(self, inputs: Sequence[np.ndarray | None]) -> Outputs:
+        """Queue one request's inputs (all with the same row count N) and wait for its outputs."""
         rows = len(inputs[0])  # type: ignore[arg-type]
-        future: Future = Future()
-        with self._cond:
-            if self._closed:
-                # Unloaded while this request was on its way: run it alone rather than fail it.
-                closed = True
-            else:
-                closed = False
-                limit = self.config.max_queue_rows
-                if self._queued_rows + rows > limit and self._queue:
-                    raise ResourceExhausted(
-                        f"{self.name}: queue is full ({self._queued_rows} rows waiting, limit "
-                        f"{limit}); retry later or raise --max-queue-rows"
-                    )
-                self._queue.append(_Pending(inputs, rows, future, time.perf_counter()))
-                self._queued_rows += rows
-                self._cond.notify()
-        if closed:
-            self._execute([_Pending(inputs, rows, future, time.perf_counter())])
-        return future
+        if self._closed:
+            # Unloaded while this request was on its way: run it alone rather than fail it.
+            return list(await self._call(inputs))
+        limit = self.config.max_queue_rows
+        if self._queue and self._queued_rows + rows > limit:
+            raise ResourceExhausted(
+                f"{self.name}: queue is full ({self._queued_rows} rows waiting, limit {limit}); "
+                "retry later or raise --max-queue-rows"
+            )
+        loop = asyncio.get_running_loop()
+        future: asyncio.Future[Outputs] = loop.create_future()
+        self._queue.append(_Pending(inputs, rows, future, time.perf_counter()))
+        self._queued_rows += rows
+        self._observe_queue(self._queued_rows)
+        self._idle.clear()
+        if not self._busy:
+            self._schedule(loop)
+        # If the caller is cancelled here, `future` is cancelled too and its batch skips it.
+        return await future
 
-    def close(self) -> None:
-        """Stop taking requests; the worker finishes what is queued, then exits."""
-        with self._cond:
-            self._closed = True
-            self._cond.notify()
+    async def _call(self, inputs: Sequence[np.ndarray | None]) -> Sequence[np.ndarray | None]:
+        if self._offload is None:
+            return self._run(inputs)
+        return await asyncio.get_running_loop().run_in_executor(self._offload, self._run, inputs)
 
-    def join(self, timeout: float | None = None) -> None:
-        self._worker.join(timeout)
-
-    def _take_batch(self) -> list[_Pending] | None:
-        """Block until a batch is ready: full, or the oldest request has waited long enough."""
+    def _schedule(self, loop: asyncio.AbstractEventLoop) -> None:
+        """Arrange the next batch: on the next loop turn, or when the oldest request's delay is up."""
         delay = self.config.max_queue_delay_ms / 1000.0
-        with self._cond:
-            while True:
-                while self._queue and self._queue[0].future.cancelled():
-                    self._queued_rows -= self._queue.popleft().rows
-                if not self._queue:
-                    if self._closed:
-                        return None
-                    self._cond.wait()
-                    continue
-                deadline = self._queue[0].enqueued + delay
-                remaining = deadline - time.perf_counter()
-                if (
-                    self._queued_rows >= self.config.max_batch_size
-                    or remaining <= 0
-                    or self._closed
-                ):
-                    break
-                self._cond.wait(remaining)
-            batch: list[_Pending] = []
-            rows = 0
-            while self._queue:
-                head = self._queue[0]
-                if batch and rows + head.rows > self.config.max_batch_size:
-                    break
-                self._queue.popleft()
-                self._queued_rows -= head.rows
-                # set_running_or_notify_cancel drops requests whose caller gave up (cancel or deadline).
-                if head.future.set_running_or_notify_cancel():
-                    batch.append(head)
-                    rows += head.rows
-            return batch
+        if delay <= 0 or self._queued_rows >= self.config.max_batch_size or self._closed:
+            self._busy = True
+            loop.call_soon(self._start)
+            return
+        if self._timer is None:
+            wait = self._queue[0].enqueued + delay - time.perf_counter()
+            self._timer = loop.call_later(max(wait, 0.0), self._on_timer)
 
-    def _loop(self) -> None:
-        while True:
-            batch = self._take_batch()
-            if batch is None:
-                return
-            if batch:
-                self._execute(batch, already_running=True)
+    def _on_timer(self) -> None:
+        self._timer = None
+        if not self._busy:
+            self._busy = True
+            self._start()
 
-    def _execute(self, batch: list[_Pending], already_running: bool = False) -> None:
-        if not already_running and not batch[0].future.set_running_or_notify_cancel():
+    def _take(self) -> list[_Pending]:
+        """Up to max_batch_size rows from the head of the queue; cancelled requests are dropped."""
+        batch: list[_Pending] = []
+        rows = 0
+        while self._queue:
+            head = self._queue[0]
+            if batch and rows + head.rows > self.config.max_batch_size:
+                break
+            self._queue.popleft()
+            self._queued_rows -= head.rows
+            if not head.future.done():  # done here means cancelled: its caller has gone
+                batch.append(head)
+                rows += head.rows
+        self._observe_queue(self._queued_rows)
+        return batch
+
+    def _start(self) -> None:
+        if self._timer is not None:
+            self._timer.cancel()
+            self._timer = None
+        batch = self._take()
+        if not batch:
+            self._finished()
             return
         started = time.perf_counter()
         waits = [started - p.enqueued for p in batch]
-        try:
-            if len(batch) == 1:
-                outputs = self._run(batch[0].inputs)
-            else:
-                merged = [
-                    None
-                    if batch[0].inputs[i] is None
-                    else np.concatenate([p.inputs[i] for p in batch])
-                    for i in range(len(batch[0].inputs))
-                ]
+        merged = merge_inputs([p.inputs for p in batch])
+        if self._offload is None:
+            try:
                 outputs = self._run(merged)
-        except BaseException as exc:  # the callers see the failure; the worker lives on
-            for p in batch:
-                p.future.set_exception(exc)
+            except BaseException as exc:  # the callers see the failure; the batcher lives on
+                self._deliver(batch, None, exc, started, waits)
+            else:
+                self._deliver(batch, outputs, None, started, waits)
             return
-        rows = sum(p.rows for p in batch)
-        self._observe(rows, time.perf_counter() - started, waits)
-        offset = 0
-        for p in batch:
-            p.future.set_result(
-                [None if o is None else o[offset : offset + p.rows] for o in outputs]
-            )
-            offset += p.rows
+        loop = asyncio.get_running_loop()
+        running = loop.run_in_executor(self._offload, self._run, merged)
+
+        def done(task: asyncio.Future[Sequence[np.ndarray | None]]) -> None:
+            exc = task.exception()
+            self._deliver(batch, None if exc else task.result(), exc, started, waits)
+
+        running.add_done_callback(done)
+
+    def _deliver(
+        self,
+        batch: list[_Pending],
+        outputs: Sequence[np.ndarray | None] | None,
+        exc: BaseException | None,
+        started: float,
+        waits: list[float],
+    ) -> None:
+        if exc is not None or outputs is None:
+            failure = exc or RuntimeError(f"{self.name}: the model returned nothing")
+            for p in batch:
+                if not p.future.done():
+                    p.future.set_exception(failure)
+        else:
+            rows = [p.rows for p in batch]
+            self._observe(sum(rows), time.perf_counter() - started, waits)
+            for p, part in zip(batch, split_outputs(outputs, rows), strict=True):
+                if not p.future.done():
+                    p.future.set_result(part)
+        self._finished()
+
+    def _finished(self) -> None:
+        self._busy = False
+        if self._queue:
+            self._schedule(asyncio.get_running_loop())
+        else:
+            self._idle.set()
+
+    def close(self) -> None:
+        """Stop taking requests into the queue; what is queued still runs, late callers run alone."""
+        self._closed = True
+        if self._queue and not self._busy:
+            self._schedule(asyncio.get_running_loop())
+
+    async def drained(self) -> None:
+        """Wait until nothing is queued or running."""
+        await self._idle.wait()

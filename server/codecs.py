@@ -13,23 +13,72 @@ from server.proto_gen.vae.v1 import vae_pb2
 FLOAT32 = np.dtype("<f4")
 
 
+UINT8 = np.dtype("u1")
+_DTYPE_NAMES = {
+    vae_pb2.DATA_TYPE_FLOAT32: "DATA_TYPE_FLOAT32",
+    vae_pb2.DATA_TYPE_UINT8: "DATA_TYPE_UINT8",
+}
+
+
 def tensor_to_proto(array: np.ndarray) -> vae_pb2.Tensor:
     data = np.ascontiguousarray(array, dtype=FLOAT32)
-    return vae_pb2.Tensor(shape=list(data.shape), data=data.tobytes())
+    return vae_pb2.Tensor(shape=data.shape, data=data.tobytes())
 
 
-def tensor_from_proto(tensor: vae_pb2.Tensor, what: str, max_elements: int) -> np.ndarray:
-    """Decode a request tensor, refusing bad shapes, sizes that disagree, and NaN or inf values."""
-    shape = tuple(int(d) for d in tensor.shape)
+def images_to_uint8(images: np.ndarray) -> np.ndarray:
+    """(N, C, H, W) floats in [0, 1] -> the same shape as uint8 0..255, rounded to nearest."""
+    scaled = np.multiply(images, 255.0, dtype=np.float32)
+    np.add(scaled, 0.5, out=scaled)
+    np.clip(scaled, 0.0, 255.0, out=scaled)
+    return scaled.astype(UINT8)
+
+
+def uint8_tensor_to_proto(images: np.ndarray) -> vae_pb2.Tensor:
+    """(N, C, H, W) floats in [0, 1] -> a DATA_TYPE_UINT8 tensor of the same shape (N, C, H, W)."""
+    pixels = images_to_uint8(images)
+    return vae_pb2.Tensor(shape=pixels.shape, data=pixels.tobytes(), dtype=vae_pb2.DATA_TYPE_UINT8)
+
+
+def check_shape(shape: tuple[int, ...], what: str, max_elements: int) -> int:
+    """The element count of a request tensor's shape, refusing empty, non-positive and oversized
+    shapes before any fixed-width arithmetic (a product of huge dimensions overflows int64)."""
     if not shape:
         raise InvalidArgument(f"{what}: shape is empty; send the tensor's shape, e.g. [N, C, H, W]")
     if any(d <= 0 for d in shape):
         raise InvalidArgument(f"{what}: shape {list(shape)} has a non-positive dimension")
-    count = int(np.prod(shape, dtype=np.int64))
-    if count > max_elements:
-        raise ResourceExhausted(
-            f"{what}: {count} values is over this server's limit of {max_elements}; "
-            "split the request"
+    count = 1
+    for d in shape:  # Python integers: exact, and we stop as soon as the limit is passed
+        count *= d
+        if count > max_elements:
+            raise ResourceExhausted(
+                f"{what}: shape {list(shape)} is over this server's limit of {max_elements} "
+                "values per tensor; split the request"
+            )
+    return count
+
+
+def tensor_from_proto(
+    tensor: vae_pb2.Tensor, what: str, max_elements: int, allow_uint8: bool = False
+) -> np.ndarray:
+    """Decode a request tensor to float32, refusing bad shapes, sizes that disagree, and NaN or inf.
+
+    With `allow_uint8` (image inputs), a DATA_TYPE_UINT8 tensor is read as value / 255.
+    """
+    shape = tuple(int(d) for d in tensor.shape)
+    count = check_shape(shape, what, max_elements)
+    dtype = tensor.dtype
+    if dtype == vae_pb2.DATA_TYPE_UINT8 and allow_uint8:
+        if len(tensor.data) != count:
+            raise InvalidArgument(
+                f"{what}: shape {list(shape)} needs {count} bytes of uint8, got {len(tensor.data)}"
+            )
+        pixels = np.frombuffer(tensor.data, dtype=UINT8).reshape(shape)
+        return np.multiply(pixels, np.float32(1.0 / 255.0), dtype=np.float32)
+    if dtype != vae_pb2.DATA_TYPE_FLOAT32:
+        allowed = "DATA_TYPE_FLOAT32 or DATA_TYPE_UINT8" if allow_uint8 else "DATA_TYPE_FLOAT32"
+        raise InvalidArgument(
+            f"{what}: dtype {_DTYPE_NAMES.get(dtype, dtype)} is not accepted here; allowed: "
+            f"{allowed}"
         )
     expected = count * FLOAT32.itemsize
     if len(tensor.data) != expected:
@@ -46,14 +95,14 @@ def tensor_from_proto(tensor: vae_pb2.Tensor, what: str, max_elements: int) -> n
 
 
 def tensor_to_numpy(tensor: vae_pb2.Tensor) -> np.ndarray:
-    """Client-side decode of a response tensor (trusted, no limits)."""
-    return np.frombuffer(tensor.data, dtype=FLOAT32).reshape(tuple(tensor.shape))
+    """Client-side decode of a response tensor (trusted, no limits): float32, or uint8 as sent."""
+    dtype = UINT8 if tensor.dtype == vae_pb2.DATA_TYPE_UINT8 else FLOAT32
+    return np.frombuffer(tensor.data, dtype=dtype).reshape(tuple(tensor.shape))
 
 
 def to_uint8(images: np.ndarray) -> np.ndarray:
-    """(N, C, H, W) floats in [0, 1] -> (N, H, W, C) uint8."""
-    clipped = np.clip(images, 0.0, 1.0)
-    return (clipped.transpose(0, 2, 3, 1) * 255.0 + 0.5).astype(np.uint8)
+    """(N, C, H, W) floats in [0, 1] -> (N, H, W, C) uint8, the layout image files use."""
+    return np.ascontiguousarray(images_to_uint8(images).transpose(0, 2, 3, 1))
 
 
 def _png(pixels: np.ndarray) -> bytes:

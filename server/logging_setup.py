@@ -32,6 +32,7 @@ class JsonFormatter(logging.Formatter):
             "logger": record.name,
             "message": record.getMessage(),
             "request_id": getattr(record, "request_id", "-"),
+            "pid": record.process,  # which serving process, with --processes N
         }
         if record.exc_info:
             entry["exception"] = self.formatException(record.exc_info)
@@ -48,7 +49,9 @@ def configure_logging(level: str = "INFO", log_format: str = "text") -> None:
         handler.setFormatter(JsonFormatter())
     else:
         handler.setFormatter(
-            logging.Formatter("%(asctime)s %(levelname)s %(name)s [%(request_id)s]: %(message)s")
+            logging.Formatter(
+                "%(asctime)s %(levelname)s %(name)s [%(process)d %(request_id)s]: %(message)s"
+            )
         )
     root = logging.getLogger()
     root.handlers[:] = [handler]

@@ -19,6 +19,9 @@ log = logging.getLogger(__name__)
 
 # Wraps a loaded runtime in what serves it (its batchers); the default serves it unbatched.
 ExecutorFactory = Callable[[ModelRuntime], ModelExecutor]
+# Retires an unloaded version's executor; reload runs in a thread, so a server passes one that hands
+# the close to its event loop.
+ExecutorCloser = Callable[[ModelExecutor], None]
 
 
 @dataclass(frozen=True)
@@ -59,10 +62,12 @@ class ModelStore:
         repository: Path,
         options: RuntimeOptions | None = None,
         executor_factory: ExecutorFactory | None = None,
+        close_executor: ExecutorCloser | None = None,
     ) -> None:
         self.repository = repository
         self.options = options or RuntimeOptions()
         self._factory = executor_factory
+        self._close = close_executor or ModelExecutor.close
         self._models: dict[str, dict[int, ModelExecutor]] = {}
         self._lock = threading.Lock()
         self._reload_lock = threading.Lock()  # one scan at a time (poll thread and SIGHUP)
@@ -135,7 +140,7 @@ class ModelStore:
             for executor in gone:
                 meta = executor.metadata
                 log.info("unloading %s/%s: removed from the repository", meta.name, meta.version)
-                executor.close()
+                self._close(executor)
             return result
 
     def names(self) -> list[str]:

@@ -1,9 +1,11 @@
-"""Hot reload: a thread that rescans the model repository every interval or when asked (SIGHUP)."""
+"""Hot reload: a task on the event loop that rescans the model repository every interval or when asked
+(SIGHUP); the scan itself, which loads and warms new versions, runs in a thread so the loop serves on."""
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import logging
-import threading
 from collections.abc import Callable
 
 from server.model_store import ModelStore, ReloadResult
@@ -12,7 +14,8 @@ log = logging.getLogger(__name__)
 
 
 class RepositoryWatcher:
-    """Calls `store.reload()` every `interval_seconds` (0: only when triggered), then `on_reload`."""
+    """Calls `store.reload()` every `interval_seconds` (0: only when triggered), then `on_reload`
+    with the result (None when the scan itself failed), on the loop."""
 
     def __init__(
         self,
@@ -23,31 +26,43 @@ class RepositoryWatcher:
         self.store = store
         self.interval = interval_seconds
         self.on_reload = on_reload
-        self._wake = threading.Event()
-        self._stop = threading.Event()
-        self._thread = threading.Thread(target=self._loop, name="vae-reload", daemon=True)
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self._wake: asyncio.Event | None = None
+        self._task: asyncio.Task[None] | None = None
 
     def start(self) -> None:
-        self._thread.start()
+        """Start watching; call on the event loop."""
+        self._loop = asyncio.get_running_loop()
+        self._wake = asyncio.Event()
+        self._task = self._loop.create_task(self._run(), name="vae-reload")
 
     def trigger(self) -> None:
-        """Rescan now (safe to call from a signal handler: it only sets an event)."""
-        self._wake.set()
+        """Rescan now. Safe from any thread and from a signal handler (it only schedules a wake-up)."""
+        if self._loop is not None and self._wake is not None and not self._loop.is_closed():
+            self._loop.call_soon_threadsafe(self._wake.set)
 
-    def stop(self) -> None:
-        self._stop.set()
-        self._wake.set()
-        if self._thread.ident is not None:  # a server whose start failed never started it
-            self._thread.join(timeout=30)
+    async def stop(self) -> None:
+        """Stop watching; a scan in progress finishes first (its thread cannot be interrupted)."""
+        if self._task is not None:
+            self._task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._task
 
-    def _loop(self) -> None:
-        while not self._stop.is_set():
-            self._wake.wait(self.interval if self.interval > 0 else None)
+    async def _run(self) -> None:
+        assert self._wake is not None
+        loop = asyncio.get_running_loop()
+        while True:
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(
+                    self._wake.wait(), self.interval if self.interval > 0 else None
+                )
             self._wake.clear()
-            if self._stop.is_set():
-                return
+            scan = loop.run_in_executor(None, self.store.reload)
             try:
-                result: ReloadResult | None = self.store.reload()
+                result: ReloadResult | None = await asyncio.shield(scan)
+            except asyncio.CancelledError:
+                await asyncio.wait([scan])  # let the scan finish before the server closes models
+                raise
             except Exception:  # a repository that vanished or cannot be listed: keep serving
                 log.exception("repository reload failed; still serving the loaded versions")
                 result = None

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import math
 import secrets
-from collections.abc import Iterator, Sequence
+from collections.abc import AsyncIterator, Sequence
 from dataclasses import dataclass
 
 import numpy as np
@@ -105,18 +105,32 @@ class DataPlane:
 
     # --- RPCs -----------------------------------------------------------------------------------
 
-    def encode(
+    def check_image_range(self, images: np.ndarray, what: str, clamp: bool) -> np.ndarray:
+        """Images must lie in [0, 1] (what the model was trained on); `clamp` clips them instead."""
+        if clamp:
+            return np.clip(images, 0.0, 1.0)
+        low, high = float(images.min()), float(images.max())
+        if low < 0.0 or high > 1.0:
+            raise InvalidArgument(
+                f"{what}: values must lie in [0, 1] (float32) or 0..255 (uint8), got values in "
+                f"[{low:g}, {high:g}]; rescale them, or set clamp to clip them into [0, 1]"
+            )
+        return images
+
+    async def encode(
         self,
         runtime: ModelExecutor,
         images: np.ndarray,
         labels: Sequence[int] = (),
         sample: bool = False,
         seed: int | None = None,
+        clamp: bool = False,
     ) -> Encoded:
         self._check_images(runtime, images, "images")
         self._check_rows(len(images), "images")
+        images = self.check_image_range(images, "images", clamp)
         label_array = self._labels(runtime, labels, len(images))
-        mean, log_variance = runtime.encode(images, label_array)
+        mean, log_variance = await runtime.encode(images, label_array)
         latents = None
         if sample:
             if log_variance is None:
@@ -127,13 +141,13 @@ class DataPlane:
             latents = latent.reparameterise(mean, log_variance, self._seed(seed))
         return Encoded(mean, log_variance, latents, runtime)
 
-    def decode(
+    async def decode(
         self, runtime: ModelExecutor, latents: np.ndarray, labels: Sequence[int] = ()
     ) -> Generated:
         self._check_latents(runtime, latents, "latents")
         self._check_rows(len(latents), "latents")
         label_array = self._labels(runtime, labels, len(latents))
-        images = runtime.decode(latents, label_array)
+        images = await runtime.decode(latents, label_array)
         return Generated(images, latents, runtime)
 
     def _sample_params(
@@ -161,7 +175,7 @@ class DataPlane:
             )
         return temperature, self._labels(runtime, [] if label is None else [label], 1)
 
-    def sample(
+    async def sample(
         self,
         runtime: ModelExecutor,
         count: int,
@@ -175,11 +189,11 @@ class DataPlane:
         labels = None if one_label is None else np.repeat(one_label, count)
         used_seed = self._seed(seed)
         latents = latent.sample_prior(count, runtime.metadata.latent_dim, used_seed, temperature)
-        images = runtime.decode(latents, labels)
+        images = await runtime.decode(latents, labels)
         self.metrics.child(self.metrics.samples, runtime.metadata.name).inc(count)
         return Generated(images, latents, runtime, used_seed)
 
-    def sample_stream(
+    async def sample_stream(
         self,
         runtime: ModelExecutor,
         count: int,
@@ -187,7 +201,7 @@ class DataPlane:
         seed: int | None = None,
         temperature: float = 0.0,
         label: int | None = None,
-    ) -> Iterator[Generated]:
+    ) -> AsyncIterator[Generated]:
         """Sample in chunks of `chunk_size` (0: the server's default); the latents are the same as
         one Sample call of `count` with this seed would draw, so chunking never changes the images."""
         temperature, one_label = self._sample_params(
@@ -206,11 +220,11 @@ class DataPlane:
             rows = min(chunk_size, count - start)
             latents = latent.draw_prior(rng, rows, dim, temperature)  # (rows, D)
             labels = None if one_label is None else np.repeat(one_label, rows)
-            images = runtime.decode(latents, labels)
+            images = await runtime.decode(latents, labels)
             self.metrics.child(self.metrics.samples, runtime.metadata.name).inc(rows)
             yield Generated(images, latents, runtime, used_seed)
 
-    def interpolate(
+    async def interpolate(
         self,
         runtime: ModelExecutor,
         steps: int,
@@ -220,6 +234,7 @@ class DataPlane:
         start_latent: np.ndarray | None = None,
         end_latent: np.ndarray | None = None,
         label: int | None = None,
+        clamp: bool = False,
     ) -> Generated:
         """Decode `steps` points between two latents, or between the posterior means of two images."""
         limit = self.limits.max_interpolation_steps
@@ -238,8 +253,8 @@ class DataPlane:
                 self._check_images(runtime, batch, what)
                 if len(batch) != 1:
                     raise InvalidArgument(f"{what}: send one image, got {len(batch)}")
-                pair.append(batch)
-            mean, _ = runtime.encode(np.concatenate(pair), endpoint_labels)
+                pair.append(self.check_image_range(batch, what, clamp))
+            mean, _ = await runtime.encode(np.concatenate(pair), endpoint_labels)
             start, end = mean[0], mean[1]
         elif start_latent is not None and end_latent is not None:
             ends = []
@@ -254,5 +269,5 @@ class DataPlane:
             raise InvalidArgument("set either images (start and end) or latents (start and end)")
         path = (latent.slerp if spherical else latent.lerp)(start, end, steps)
         labels = None if endpoint_labels is None else np.full(steps, label, dtype=np.int64)
-        images = runtime.decode(path, labels)
+        images = await runtime.decode(path, labels)
         return Generated(images, path, runtime)

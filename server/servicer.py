@@ -1,22 +1,22 @@
-"""The gRPC servicer: converts protobuf to plain arrays, calls the data plane, maps errors to codes."""
+"""The gRPC servicer (grpc.aio): converts protobuf to plain arrays, awaits the data plane, maps errors
+to status codes, and counts every call."""
 
 from __future__ import annotations
 
+import asyncio
 import functools
+import itertools
 import logging
-import threading
-import time
-import uuid
-from collections.abc import Callable, Iterator
-from contextlib import contextmanager
+import os
+from collections.abc import Awaitable, Callable
 from typing import TypeVar
 
 import grpc
 import numpy as np
 
-from server.codecs import images_to_png, tensor_from_proto, tensor_to_proto
+from server.codecs import images_to_png, tensor_from_proto, tensor_to_proto, uint8_tensor_to_proto
 from server.errors import InvalidArgument, ServiceError, Unavailable
-from server.executor import CallScope, ModelExecutor, current_call
+from server.executor import ModelExecutor
 from server.logging_setup import request_id
 from server.metrics import Metrics
 from server.model_store import ModelStore
@@ -29,12 +29,15 @@ ImageResponse = TypeVar(
     "ImageResponse", vae_pb2.DecodeResponse, vae_pb2.SampleResponse, vae_pb2.InterpolateResponse
 )
 
-_TENSOR_FORMATS = (
-    vae_pb2.IMAGE_FORMAT_UNSPECIFIED,
-    vae_pb2.IMAGE_FORMAT_TENSOR,
-    vae_pb2.IMAGE_FORMAT_TENSOR_AND_PNG,
+_PNG_FORMATS = frozenset((vae_pb2.IMAGE_FORMAT_PNG, vae_pb2.IMAGE_FORMAT_TENSOR_AND_PNG))
+_FLOAT_FORMATS = frozenset(
+    (
+        vae_pb2.IMAGE_FORMAT_UNSPECIFIED,
+        vae_pb2.IMAGE_FORMAT_TENSOR,
+        vae_pb2.IMAGE_FORMAT_TENSOR_AND_PNG,
+    )
 )
-_PNG_FORMATS = (vae_pb2.IMAGE_FORMAT_PNG, vae_pb2.IMAGE_FORMAT_TENSOR_AND_PNG)
+_STATUS = {code.name: code for code in grpc.StatusCode}
 
 
 @functools.cache
@@ -72,80 +75,115 @@ def model_info(runtime: ModelExecutor, versions: list[int]) -> vae_pb2.ModelInfo
     )
 
 
+def fill_images(response: ImageResponse, generated: Generated, image_format: int) -> ImageResponse:
+    """Set `model`, and `images` and/or `png` as the format asks, on any of the image responses;
+    the RPC has checked `image_format` before any work."""
+    response.model.name = generated.runtime.metadata.name
+    response.model.version = generated.runtime.metadata.version
+    if image_format in _FLOAT_FORMATS:
+        response.images.CopyFrom(tensor_to_proto(generated.images))
+    elif image_format == vae_pb2.IMAGE_FORMAT_UINT8:
+        response.images.CopyFrom(uint8_tensor_to_proto(generated.images))
+    if image_format in _PNG_FORMATS:
+        response.png.extend(images_to_png(generated.images))
+    return response
+
+
+class CallTracker:
+    """The calls this process is handling, so a drain can wait until every accepted call is done."""
+
+    def __init__(self) -> None:
+        self.active = 0
+        self._idle = asyncio.Event()
+        self._idle.set()
+
+    def enter(self) -> None:
+        self.active += 1
+        self._idle.clear()
+
+    def leave(self) -> None:
+        self.active -= 1
+        if self.active == 0:
+            self._idle.set()
+
+    async def idle(self) -> None:
+        await self._idle.wait()
+
+
 class VaeServicer(vae_pb2_grpc.VaeServiceServicer):
     def __init__(self, store: ModelStore, plane: DataPlane, metrics: Metrics) -> None:
         self.store = store
         self.plane = plane
         self.metrics = metrics
-        self.draining = threading.Event()
+        self.draining = False  # set by the drain: new calls get UNAVAILABLE
+        self.calls = CallTracker()
         self._max_elements = plane.limits.max_message_bytes // 4
+        # Request ids for calls that bring none: a per-process random prefix and a counter (unique
+        # without the cost of a uuid4 per call).
+        self._id_prefix = os.urandom(4).hex()
+        self._ids = itertools.count(1)
 
-    @contextmanager
-    def _call(self, rpc: str, context: grpc.ServicerContext) -> Iterator[dict[str, str]]:
-        """One RPC's scope: request id, deadline, cancellation, metrics, errors to status codes."""
-        incoming = dict(context.invocation_metadata() or ())
-        rid = str(incoming.get("x-request-id", "")) or uuid.uuid4().hex[:16]
-        remaining = context.time_remaining()
-        # grpc reports a huge number, not None, when the client set no deadline.
-        has_deadline = remaining is not None and remaining < 10 * 365 * 24 * 3600
-        scope = CallScope(time.monotonic() + remaining if has_deadline else None)
-        context.add_callback(scope.cancel)  # runs when the RPC ends, cancelled or not
-        context.set_trailing_metadata((("x-request-id", rid),))
-        scope_token, rid_token = current_call.set(scope), request_id.set(rid)
-        try:
-            with self.metrics.track_request(rpc) as labels:
-                try:
-                    if self.draining.is_set():
-                        raise Unavailable("server is shutting down; retry against another replica")
-                    yield labels
-                except ServiceError as exc:
-                    labels["code"] = exc.code
-                    log.info("%s refused (%s): %s", rpc, exc.code, exc.message)
-                    context.abort(getattr(grpc.StatusCode, exc.code), exc.message)
-                except Exception:
-                    labels["code"] = "INTERNAL"
-                    log.exception("%s failed", rpc)
-                    context.abort(
-                        grpc.StatusCode.INTERNAL, f"{rpc} failed inside the server; see its log"
-                    )
-        finally:
-            current_call.reset(scope_token)
-            request_id.reset(rid_token)
+    def _request_id(self, context: grpc.aio.ServicerContext) -> str:
+        for key, value in context.invocation_metadata() or ():
+            if key == "x-request-id" and value:
+                return str(value)
+        return f"{self._id_prefix}{next(self._ids):08x}"
 
-    def _handle(
+    async def _run(
         self,
         rpc: str,
-        context: grpc.ServicerContext,
-        ref: vae_pb2.ModelRef,
-        work: Callable[[ModelExecutor], Response],
+        context: grpc.aio.ServicerContext,
+        ref: vae_pb2.ModelRef | None,
+        work: Callable[[ModelExecutor | None], Awaitable[Response]],
     ) -> Response:
-        """Resolve the model, run `work`, and turn ServiceErrors into status codes with metrics."""
-        with self._call(rpc, context) as labels:
-            runtime = self.store.get(ref.name, ref.version)
-            labels["model"] = runtime.metadata.name
-            return work(runtime)
-        raise AssertionError("unreachable: context.abort raises")
+        """One RPC: request id, model lookup, metrics, and errors to status codes."""
+        rid = self._request_id(context)
+        request_id.set(rid)  # this task's context only: every log line of the call carries it
+        context.set_trailing_metadata((("x-request-id", rid),))
+        model, code = "", "OK"
+        self.calls.enter()
+        timer = self.metrics.start_request()
+        try:
+            if self.draining:
+                raise Unavailable("server is shutting down; retry against another replica")
+            runtime = None
+            if ref is not None:
+                runtime = self.store.get(ref.name, ref.version)
+                model = runtime.metadata.name
+            return await work(runtime)
+        except ServiceError as exc:
+            code = exc.code
+            log.info("%s refused (%s): %s", rpc, exc.code, exc.message)
+            await context.abort(_STATUS[exc.code], exc.message)
+            raise  # not reached: abort raises
+        except asyncio.CancelledError:
+            remaining = context.time_remaining()
+            code = "DEADLINE_EXCEEDED" if remaining is not None and remaining <= 0 else "CANCELLED"
+            raise
+        except Exception as exc:
+            if _is_abort(exc):
+                raise
+            code = "INTERNAL"
+            log.exception("%s failed", rpc)
+            await context.abort(
+                grpc.StatusCode.INTERNAL, f"{rpc} failed inside the server; see its log ({rid})"
+            )
+            raise
+        finally:
+            self.calls.leave()
+            self.metrics.finish_request(timer, rpc, model, code)
 
-    def _tensor(self, tensor: vae_pb2.Tensor, what: str) -> np.ndarray:
-        return tensor_from_proto(tensor, what, self._max_elements)
+    def _tensor(self, tensor: vae_pb2.Tensor, what: str, allow_uint8: bool = False) -> np.ndarray:
+        return tensor_from_proto(tensor, what, self._max_elements, allow_uint8)
 
-    def _fill_images(
-        self, response: ImageResponse, generated: Generated, image_format: int
-    ) -> ImageResponse:
-        """Set `model`, and `images` and/or `png` as the format asks, on any of the image responses;
-        the RPC has checked `image_format` before any work."""
-        response.model.CopyFrom(model_ref(generated.runtime))
-        if image_format in _TENSOR_FORMATS:
-            response.images.CopyFrom(tensor_to_proto(generated.images))
-        if image_format in _PNG_FORMATS:
-            response.png.extend(images_to_png(generated.images))
-        return response
-
-    def Encode(self, request: vae_pb2.EncodeRequest, context: grpc.ServicerContext):
-        def work(runtime: ModelExecutor) -> vae_pb2.EncodeResponse:
-            images = self._tensor(request.images, "images")
+    async def Encode(self, request: vae_pb2.EncodeRequest, context: grpc.aio.ServicerContext):
+        async def work(runtime: ModelExecutor | None) -> vae_pb2.EncodeResponse:
+            assert runtime is not None
+            images = self._tensor(request.images, "images", allow_uint8=True)
             seed = request.seed if request.HasField("seed") else None
-            result = self.plane.encode(runtime, images, list(request.labels), request.sample, seed)
+            result = await self.plane.encode(
+                runtime, images, request.labels, request.sample, seed, clamp=request.clamp
+            )
             response = vae_pb2.EncodeResponse(
                 mean=tensor_to_proto(result.mean), model=model_ref(runtime)
             )
@@ -155,21 +193,23 @@ class VaeServicer(vae_pb2_grpc.VaeServiceServicer):
                 response.latents.CopyFrom(tensor_to_proto(result.latents))
             return response
 
-        return self._handle("Encode", context, request.model, work)
+        return await self._run("Encode", context, request.model, work)
 
-    def Decode(self, request: vae_pb2.DecodeRequest, context: grpc.ServicerContext):
-        def work(runtime: ModelExecutor) -> vae_pb2.DecodeResponse:
+    async def Decode(self, request: vae_pb2.DecodeRequest, context: grpc.aio.ServicerContext):
+        async def work(runtime: ModelExecutor | None) -> vae_pb2.DecodeResponse:
+            assert runtime is not None
             _check_enum(request.format, vae_pb2.ImageFormat, "format")
             latents = self._tensor(request.latents, "latents")
-            result = self.plane.decode(runtime, latents, list(request.labels))
-            return self._fill_images(vae_pb2.DecodeResponse(), result, request.format)
+            result = await self.plane.decode(runtime, latents, request.labels)
+            return fill_images(vae_pb2.DecodeResponse(), result, request.format)
 
-        return self._handle("Decode", context, request.model, work)
+        return await self._run("Decode", context, request.model, work)
 
-    def Sample(self, request: vae_pb2.SampleRequest, context: grpc.ServicerContext):
-        def work(runtime: ModelExecutor) -> vae_pb2.SampleResponse:
+    async def Sample(self, request: vae_pb2.SampleRequest, context: grpc.aio.ServicerContext):
+        async def work(runtime: ModelExecutor | None) -> vae_pb2.SampleResponse:
+            assert runtime is not None
             _check_enum(request.format, vae_pb2.ImageFormat, "format")
-            result = self.plane.sample(
+            result = await self.plane.sample(
                 runtime,
                 request.count,
                 seed=request.seed if request.HasField("seed") else None,
@@ -179,16 +219,21 @@ class VaeServicer(vae_pb2_grpc.VaeServiceServicer):
             response = vae_pb2.SampleResponse(
                 latents=tensor_to_proto(result.latents), seed=result.seed
             )
-            return self._fill_images(response, result, request.format)
+            return fill_images(response, result, request.format)
 
-        return self._handle("Sample", context, request.model, work)
+        return await self._run("Sample", context, request.model, work)
 
-    def SampleStream(self, request: vae_pb2.SampleStreamRequest, context: grpc.ServicerContext):
-        with self._call("SampleStream", context) as labels:
-            runtime = self.store.get(request.model.name, request.model.version)
-            labels["model"] = runtime.metadata.name
+    async def SampleStream(
+        self, request: vae_pb2.SampleStreamRequest, context: grpc.aio.ServicerContext
+    ) -> None:
+        """Chunks of one seeded draw, each written to the call as soon as it is decoded (the write
+        waits while the client is slow to read, so memory stays at a chunk or two); the call counts
+        as one request from the first chunk to the last."""
+
+        async def work(runtime: ModelExecutor | None) -> None:
+            assert runtime is not None
             _check_enum(request.format, vae_pb2.ImageFormat, "format")
-            chunks = self.plane.sample_stream(
+            stream = self.plane.sample_stream(
                 runtime,
                 request.count,
                 chunk_size=request.chunk_size,
@@ -197,50 +242,65 @@ class VaeServicer(vae_pb2_grpc.VaeServiceServicer):
                 label=request.label if request.HasField("label") else None,
             )
             offset = 0
-            for chunk in chunks:
-                if not context.is_active():
-                    labels["code"] = "CANCELLED"
-                    return
+            async for chunk in stream:
                 response = vae_pb2.SampleResponse(
                     latents=tensor_to_proto(chunk.latents), seed=chunk.seed, offset=offset
                 )
-                yield self._fill_images(response, chunk, request.format)
+                await context.write(fill_images(response, chunk, request.format))
                 offset += len(chunk.images)
 
-    def Interpolate(self, request: vae_pb2.InterpolateRequest, context: grpc.ServicerContext):
-        def work(runtime: ModelExecutor) -> vae_pb2.InterpolateResponse:
+        await self._run("SampleStream", context, request.model, work)
+
+    async def Interpolate(
+        self, request: vae_pb2.InterpolateRequest, context: grpc.aio.ServicerContext
+    ):
+        async def work(runtime: ModelExecutor | None) -> vae_pb2.InterpolateResponse:
+            assert runtime is not None
             _check_enum(request.method, vae_pb2.InterpolationMethod, "method")
             _check_enum(request.format, vae_pb2.ImageFormat, "format")
             ends: dict[str, np.ndarray] = {}
             which = request.WhichOneof("endpoints")
             if which == "images":
-                ends["start_image"] = self._tensor(request.images.start, "images.start")
-                ends["end_image"] = self._tensor(request.images.end, "images.end")
+                ends["start_image"] = self._tensor(request.images.start, "images.start", True)
+                ends["end_image"] = self._tensor(request.images.end, "images.end", True)
             elif which == "latents":
                 ends["start_latent"] = self._tensor(request.latents.start, "latents.start")
                 ends["end_latent"] = self._tensor(request.latents.end, "latents.end")
-            result = self.plane.interpolate(
+            result = await self.plane.interpolate(
                 runtime,
                 request.steps,
                 spherical=request.method == vae_pb2.INTERPOLATION_METHOD_SPHERICAL,
                 label=request.label if request.HasField("label") else None,
+                clamp=request.clamp,
                 **ends,
             )
             response = vae_pb2.InterpolateResponse(latents=tensor_to_proto(result.latents))
-            return self._fill_images(response, result, request.format)
+            return fill_images(response, result, request.format)
 
-        return self._handle("Interpolate", context, request.model, work)
+        return await self._run("Interpolate", context, request.model, work)
 
-    def GetModelInfo(self, request: vae_pb2.GetModelInfoRequest, context: grpc.ServicerContext):
-        def work(runtime: ModelExecutor) -> vae_pb2.ModelInfo:
+    async def GetModelInfo(
+        self, request: vae_pb2.GetModelInfoRequest, context: grpc.aio.ServicerContext
+    ):
+        async def work(runtime: ModelExecutor | None) -> vae_pb2.ModelInfo:
+            assert runtime is not None
             return model_info(runtime, self.store.versions(runtime.metadata.name))
 
-        return self._handle("GetModelInfo", context, request.model, work)
+        return await self._run("GetModelInfo", context, request.model, work)
 
-    def ListModels(self, request: vae_pb2.ListModelsRequest, context: grpc.ServicerContext):
-        with self._call("ListModels", context):
+    async def ListModels(
+        self, request: vae_pb2.ListModelsRequest, context: grpc.aio.ServicerContext
+    ):
+        async def work(runtime: ModelExecutor | None) -> vae_pb2.ListModelsResponse:
             models = [
                 model_info(rt, self.store.versions(rt.metadata.name))
                 for rt in self.store.all_latest()
             ]
             return vae_pb2.ListModelsResponse(models=models)
+
+        return await self._run("ListModels", context, None, work)
+
+
+def _is_abort(exc: BaseException) -> bool:
+    """grpc.aio's context.abort() raises an internal AbortError; let it through untouched."""
+    return type(exc).__name__ == "AbortError"

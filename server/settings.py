@@ -25,6 +25,10 @@ class Limits:
     max_stream_samples: int = 1_000_000  # images in one SampleStream call
 
 
+DEFAULT_TLS_HEALTH_PORT = 50052
+INFERENCE_EXECUTORS = ("auto", "loop", "thread")
+
+
 @dataclass(frozen=True)
 class Settings:
     repository: Path = Path("model_repository")
@@ -61,9 +65,38 @@ class Settings:
     limits: Limits = field(default_factory=Limits)
     log_level: str = "INFO"
     log_format: str = "text"  # text, or json: one JSON object per line
+    # Serving processes sharing the port; 0: one per core this process may run on.
+    processes: int = 0
+    # Plaintext health-only listener; -1: port 50052 when TLS is on, off otherwise; 0: off.
+    health_port: int = -1
+    # Where model calls run: auto (on the event loop for CPU models, in a thread for GPU ones),
+    # loop, or thread.
+    inference_executor: str = "auto"
 
     def batching_for(self, model: str) -> BatchingConfig:
         return self.model_batching.get(model, self.batching)
+
+    def process_count(self) -> int:
+        """Serving processes to run: --processes, or one per core this process may run on."""
+        if self.processes > 0:
+            return self.processes
+        return max(1, len(os.sched_getaffinity(0)))
+
+    def resolved_health_port(self) -> int | None:
+        """The plaintext health listener's port, or None when there is none."""
+        if self.health_port < 0:
+            return DEFAULT_TLS_HEALTH_PORT if self.tls_cert else None
+        return self.health_port or None
+
+    def resolved_intra_op_threads(self) -> int:
+        """onnxruntime threads per call: as set, or with several processes the cores shared out
+        between them (each process's own default would be every core, oversubscribing them)."""
+        if self.intra_op_threads > 0:
+            return self.intra_op_threads
+        processes = self.process_count()
+        if processes > 1:
+            return max(1, len(os.sched_getaffinity(0)) // processes)
+        return 0
 
 
 # (flag, settings attribute, type, help). Each flag reads VAE_<ATTRIBUTE upper-cased> as its default.
@@ -116,6 +149,19 @@ _OPTIONS: list[tuple[str, str, Any, str]] = [
         "tls_client_ca",
         str,
         "PEM CA bundle; set it to require client certs (mTLS)",
+    ),
+    ("--processes", "processes", int, "serving processes sharing the port (0: one per core)"),
+    (
+        "--health-port",
+        "health_port",
+        int,
+        "plaintext grpc.health.v1 port (-1: 50052 when TLS is on, else off; 0: off)",
+    ),
+    (
+        "--inference-executor",
+        "inference_executor",
+        str,
+        "where model calls run: auto (loop for CPU, thread for GPU), loop or thread",
     ),
     ("--log-level", "log_level", str, "DEBUG, INFO, WARNING or ERROR"),
     ("--log-format", "log_format", str, "text, or json (one object per line)"),

@@ -30,6 +30,8 @@ BASE_SETTINGS = Settings(
     limits=Limits(max_samples=256, max_message_bytes=8 * 1024 * 1024, max_stream_samples=5000),
     grace_seconds=5.0,
     reload_interval_seconds=0.0,  # tests trigger reloads themselves
+    processes=1,
+    health_port=0,  # a fixed default port would collide between tests; health tests set their own
 )
 
 

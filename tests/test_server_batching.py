@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import threading
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
@@ -24,7 +25,8 @@ from tests.server_helpers import (
 
 
 class GatedModel:
-    """A run function that doubles its input, records batch sizes, and can be held closed."""
+    """A run function that doubles its input, records batch sizes, and can be held closed (it then
+    runs in a thread, `offload`, so the event loop goes on while it is held)."""
 
     def __init__(self) -> None:
         self.gate = threading.Event()
@@ -43,47 +45,117 @@ def rows(start: int, count: int) -> list[np.ndarray | None]:
     return [np.arange(start, start + count, dtype=np.float32)[:, None]]
 
 
+def run(coroutine):
+    return asyncio.run(asyncio.wait_for(coroutine, 10))
+
+
 def test_requests_queued_together_run_as_one_batch_and_split_back():
     model = GatedModel()
-    # Neither full nor old enough: the three requests wait together until close() flushes them.
-    batcher = Batcher("t", model, BatchingConfig(max_batch_size=64, max_queue_delay_ms=60_000))
-    queued = [batcher.submit(rows(10 * i, i)) for i in (1, 2, 3)]
-    batcher.close()
-    results = [f.result(5)[0][:, 0].tolist() for f in queued]
+
+    async def scenario():
+        batcher = Batcher("t", model, BatchingConfig(max_batch_size=64))
+        # Submitted in one turn of the loop: they meet in the batch of the next turn.
+        return await asyncio.gather(*(batcher.submit(rows(10 * i, i)) for i in (1, 2, 3)))
+
+    results = [out[0][:, 0].tolist() for out in run(scenario())]
     assert (model.batches, results) == ([6], [[20.0], [40.0, 42.0], [60.0, 62.0, 64.0]])
+
+
+def test_a_lone_request_with_no_queue_delay_runs_on_the_next_loop_turn():
+    model = GatedModel()
+
+    async def scenario():
+        batcher = Batcher("t", model, BatchingConfig(max_queue_delay_ms=0))
+        return await batcher.submit(rows(3, 1))
+
+    assert (run(scenario())[0][0, 0], model.batches) == (6.0, [1])
+
+
+def test_requests_arriving_while_a_batch_runs_form_the_next_batch():
+    model = GatedModel()
+    model.gate.clear()
+
+    async def scenario():
+        with ThreadPoolExecutor(1) as pool:
+            batcher = Batcher("t", model, BatchingConfig(max_batch_size=64), offload=pool)
+            first = asyncio.ensure_future(batcher.submit(rows(0, 1)))
+            while not model.started.is_set():
+                await asyncio.sleep(0.001)
+            later = [asyncio.ensure_future(batcher.submit(rows(i, 2))) for i in range(3)]
+            await asyncio.sleep(0.05)  # they queue while the first batch is held
+            model.gate.set()
+            await asyncio.gather(first, *later)
+
+    run(scenario())
+    assert model.batches == [1, 6]
 
 
 def test_a_full_batch_does_not_wait_for_the_queue_delay():
     model = GatedModel()
-    batcher = Batcher("t", model, BatchingConfig(max_batch_size=4, max_queue_delay_ms=60_000))
-    futures = [batcher.submit(rows(i, 2)) for i in range(2)]
-    assert [f.result(5)[0].shape for f in futures] == [(2, 1), (2, 1)]
+
+    async def scenario():
+        batcher = Batcher("t", model, BatchingConfig(max_batch_size=4, max_queue_delay_ms=60_000))
+        return await asyncio.gather(*(batcher.submit(rows(i, 2)) for i in range(2)))
+
+    assert [out[0].shape for out in run(scenario())] == [(2, 1), (2, 1)]
 
 
 def test_the_queue_delay_releases_a_partial_batch():
-    batcher = Batcher("t", GatedModel(), BatchingConfig(max_batch_size=64, max_queue_delay_ms=5))
-    assert batcher.submit(rows(3, 1)).result(5)[0][0, 0] == 6.0
+    async def scenario():
+        batcher = Batcher(
+            "t", GatedModel(), BatchingConfig(max_batch_size=64, max_queue_delay_ms=5)
+        )
+        return await batcher.submit(rows(3, 1))
+
+    assert run(scenario())[0][0, 0] == 6.0
+
+
+def test_a_batch_is_cut_at_max_batch_size_and_the_rest_runs_next():
+    model = GatedModel()
+
+    async def scenario():
+        batcher = Batcher("t", model, BatchingConfig(max_batch_size=4))
+        await asyncio.gather(*(batcher.submit(rows(i, 3)) for i in range(3)))
+
+    run(scenario())
+    assert model.batches == [3, 3, 3]
 
 
 def test_a_full_queue_refuses_at_once_with_resource_exhausted():
     model = GatedModel()
-    batcher = Batcher("m/1/decoder", model, BatchingConfig(max_batch_size=1, max_queue_rows=2))
     model.gate.clear()
-    batcher.submit(rows(0, 1))
-    model.started.wait(5)
-    batcher.submit(rows(1, 2))  # fills the queue
-    with pytest.raises(ResourceExhausted, match=r"m/1/decoder: queue is full \(2 rows waiting"):
-        batcher.submit(rows(3, 1))
-    model.gate.set()
+
+    async def scenario():
+        with ThreadPoolExecutor(1) as pool:
+            config = BatchingConfig(max_batch_size=1, max_queue_rows=2)
+            batcher = Batcher("m/1/decoder", model, config, offload=pool)
+            running = asyncio.ensure_future(batcher.submit(rows(0, 1)))
+            while not model.started.is_set():
+                await asyncio.sleep(0.001)
+            queued = asyncio.ensure_future(batcher.submit(rows(1, 2)))  # fills the queue
+            await asyncio.sleep(0)
+            try:
+                with pytest.raises(ResourceExhausted, match=r"m/1/decoder: queue is full \(2 rows"):
+                    await batcher.submit(rows(3, 1))
+            finally:
+                model.gate.set()
+            await asyncio.gather(running, queued)
+
+    run(scenario())
 
 
 def test_a_cancelled_request_is_dropped_from_its_batch():
     model = GatedModel()
-    batcher = Batcher("t", model, BatchingConfig(max_batch_size=64, max_queue_delay_ms=60_000))
-    kept, dropped = batcher.submit(rows(1, 1)), batcher.submit(rows(2, 5))
-    dropped.cancel()
-    batcher.close()
-    kept.result(5)
+
+    async def scenario():
+        batcher = Batcher("t", model, BatchingConfig(max_batch_size=64, max_queue_delay_ms=50))
+        kept = asyncio.ensure_future(batcher.submit(rows(1, 1)))
+        dropped = asyncio.ensure_future(batcher.submit(rows(2, 5)))
+        await asyncio.sleep(0)  # both queued
+        dropped.cancel()
+        await kept
+
+    run(scenario())
     assert model.batches == [1]
 
 
@@ -96,10 +168,27 @@ def test_a_failing_batch_fails_every_caller_in_it_and_the_batcher_lives_on():
             raise RuntimeError("boom")
         return [inputs[0]]
 
-    batcher = Batcher("t", flaky, BatchingConfig(max_batch_size=1, max_queue_delay_ms=0))
-    with pytest.raises(RuntimeError, match="boom"):
-        batcher.submit(rows(0, 1)).result(5)
-    assert batcher.submit(rows(1, 1)).result(5)[0][0, 0] == 1.0
+    async def scenario():
+        batcher = Batcher("t", flaky, BatchingConfig(max_batch_size=64))
+        failed = await asyncio.gather(
+            batcher.submit(rows(0, 1)), batcher.submit(rows(5, 1)), return_exceptions=True
+        )
+        return failed, await batcher.submit(rows(1, 1))
+
+    failed, after = run(scenario())
+    assert [str(e) for e in failed] == ["boom", "boom"]
+    assert (calls, after[0][0, 0]) == ([2, 1], 1.0)
+
+
+def test_the_queue_depth_observer_sees_rows_come_and_go():
+    depths: list[int] = []
+
+    async def scenario():
+        batcher = Batcher("t", GatedModel(), BatchingConfig(), observe_queue=depths.append)
+        await asyncio.gather(batcher.submit(rows(0, 2)), batcher.submit(rows(0, 3)))
+
+    run(scenario())
+    assert depths == [2, 5, 0]
 
 
 def test_batching_config_names_the_bad_value():

@@ -418,7 +418,10 @@ def test_metrics_count_requests_by_rpc_model_and_code(stub, live_server):
 def test_metrics_expose_latency_histograms_and_the_provider(live_server, stub):
     stub.Sample(vae_pb2.SampleRequest(model=ref(), count=1, seed=1))
     text = _scrape(live_server)
-    assert 'vae_request_latency_seconds_bucket{le="0.005",model="tiny-vae",rpc="Sample"}' in text
+    assert (
+        'vae_request_latency_seconds_bucket{code="OK",le="0.005",model="tiny-vae",rpc="Sample"}'
+        in text
+    )
     assert 'vae_inference_seconds_count{component="decoder",model="tiny-vae"}' in text
     assert (
         'vae_model_loaded{model="tiny-vae",provider="CPUExecutionProvider",version="1"} 1.0' in text

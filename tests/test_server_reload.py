@@ -176,4 +176,5 @@ def test_a_server_that_never_started_stops_cleanly(repository: Path) -> None:
 
     server = VaeServer(settings(repository, BatchingConfig()))
     server.stop(grace=0.1)  # e.g. after start() failed: nothing to drain, nothing raised
-    assert not server.watcher._thread.is_alive()
+    server.wait()  # returns: the server counts as stopped
+    assert server.watcher._task is None  # the watcher never started

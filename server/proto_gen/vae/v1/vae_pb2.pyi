@@ -21,6 +21,26 @@ else:
 
 DESCRIPTOR: _descriptor.FileDescriptor
 
+class _DataType:
+    ValueType = _typing.NewType("ValueType", _builtins.int)
+    V: _TypeAlias = ValueType  # noqa: Y015
+
+class _DataTypeEnumTypeWrapper(_enum_type_wrapper._EnumTypeWrapper[_DataType.ValueType], _builtins.type):
+    DESCRIPTOR: _descriptor.EnumDescriptor
+    DATA_TYPE_FLOAT32: _DataType.ValueType  # 0
+    """little-endian IEEE float32, 4 bytes per value (the default)"""
+    DATA_TYPE_UINT8: _DataType.ValueType  # 1
+    """one byte per value; images as 0..255 (value / 255 is the [0, 1] intensity)"""
+
+class DataType(_DataType, metaclass=_DataTypeEnumTypeWrapper):
+    """The element type of a Tensor's data."""
+
+DATA_TYPE_FLOAT32: DataType.ValueType  # 0
+"""little-endian IEEE float32, 4 bytes per value (the default)"""
+DATA_TYPE_UINT8: DataType.ValueType  # 1
+"""one byte per value; images as 0..255 (value / 255 is the [0, 1] intensity)"""
+Global___DataType: _TypeAlias = DataType  # noqa: Y015
+
 class _ImageFormat:
     ValueType = _typing.NewType("ValueType", _builtins.int)
     V: _TypeAlias = ValueType  # noqa: Y015
@@ -32,10 +52,12 @@ class _ImageFormatEnumTypeWrapper(_enum_type_wrapper._EnumTypeWrapper[_ImageForm
     IMAGE_FORMAT_TENSOR: _ImageFormat.ValueType  # 1
     IMAGE_FORMAT_PNG: _ImageFormat.ValueType  # 2
     IMAGE_FORMAT_TENSOR_AND_PNG: _ImageFormat.ValueType  # 3
+    IMAGE_FORMAT_UINT8: _ImageFormat.ValueType  # 4
+    """`images` has dtype DATA_TYPE_UINT8: round(clip(x, 0, 1) * 255)"""
 
 class ImageFormat(_ImageFormat, metaclass=_ImageFormatEnumTypeWrapper):
     """How generated images come back: as a float32 tensor (N, C, H, W) in [0, 1], as one PNG per image,
-    or both.
+    both, or as a uint8 tensor (N, C, H, W) of 0..255, a quarter of the float32 bytes.
     """
 
 IMAGE_FORMAT_UNSPECIFIED: ImageFormat.ValueType  # 0
@@ -43,6 +65,8 @@ IMAGE_FORMAT_UNSPECIFIED: ImageFormat.ValueType  # 0
 IMAGE_FORMAT_TENSOR: ImageFormat.ValueType  # 1
 IMAGE_FORMAT_PNG: ImageFormat.ValueType  # 2
 IMAGE_FORMAT_TENSOR_AND_PNG: ImageFormat.ValueType  # 3
+IMAGE_FORMAT_UINT8: ImageFormat.ValueType  # 4
+"""`images` has dtype DATA_TYPE_UINT8: round(clip(x, 0, 1) * 255)"""
 Global___ImageFormat: _TypeAlias = ImageFormat  # noqa: Y015
 
 class _InterpolationMethod:
@@ -68,13 +92,15 @@ Global___InterpolationMethod: _TypeAlias = InterpolationMethod  # noqa: Y015
 
 @_typing.final
 class Tensor(_message.Message):
-    """A dense float32 tensor: its shape and its values as raw little-endian float32 bytes in C order."""
+    """A dense tensor: its shape and its values as raw bytes in C order, float32 unless dtype says uint8."""
 
     DESCRIPTOR: _descriptor.Descriptor
 
     SHAPE_FIELD_NUMBER: _builtins.int
     DATA_FIELD_NUMBER: _builtins.int
+    DTYPE_FIELD_NUMBER: _builtins.int
     data: _builtins.bytes
+    dtype: Global___DataType.ValueType
     @_builtins.property
     def shape(self) -> _containers.RepeatedScalarFieldContainer[_builtins.int]: ...
     def __init__(
@@ -82,10 +108,11 @@ class Tensor(_message.Message):
         *,
         shape: _abc.Iterable[_builtins.int] | None = ...,
         data: _builtins.bytes = ...,
+        dtype: Global___DataType.ValueType = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["data", b"data", "shape", b"shape"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["data", b"data", "dtype", b"dtype", "shape", b"shape"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -124,14 +151,17 @@ class EncodeRequest(_message.Message):
     LABELS_FIELD_NUMBER: _builtins.int
     SAMPLE_FIELD_NUMBER: _builtins.int
     SEED_FIELD_NUMBER: _builtins.int
+    CLAMP_FIELD_NUMBER: _builtins.int
     sample: _builtins.bool
     """When true, also draw z = mean + std * eps with this seed (reparameterisation)."""
     seed: _builtins.int
+    clamp: _builtins.bool
+    """Values outside [0, 1] are refused with INVALID_ARGUMENT unless this is set: then they are clipped."""
     @_builtins.property
     def model(self) -> Global___ModelRef: ...
     @_builtins.property
     def images(self) -> Global___Tensor:
-        """(N, C, H, W), values in [0, 1]"""
+        """(N, C, H, W): float32 in [0, 1], or uint8 0..255"""
 
     @_builtins.property
     def labels(self) -> _containers.RepeatedScalarFieldContainer[_builtins.int]:
@@ -145,10 +175,11 @@ class EncodeRequest(_message.Message):
         labels: _abc.Iterable[_builtins.int] | None = ...,
         sample: _builtins.bool = ...,
         seed: _builtins.int | None = ...,
+        clamp: _builtins.bool = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["_seed", b"_seed", "images", b"images", "model", b"model", "seed", b"seed"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["_seed", b"_seed", "images", b"images", "labels", b"labels", "model", b"model", "sample", b"sample", "seed", b"seed"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["_seed", b"_seed", "clamp", b"clamp", "images", b"images", "labels", b"labels", "model", b"model", "sample", b"sample", "seed", b"seed"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     _WhichOneofReturnType__seed: _TypeAlias = _typing.Literal["seed"]  # noqa: Y015
     _WhichOneofArgType__seed: _TypeAlias = _typing.Literal["_seed", b"_seed"]  # noqa: Y015
@@ -412,7 +443,7 @@ class ImagePair(_message.Message):
     END_FIELD_NUMBER: _builtins.int
     @_builtins.property
     def start(self) -> Global___Tensor:
-        """(C, H, W) or (1, C, H, W)"""
+        """(C, H, W) or (1, C, H, W); float32 in [0, 1] or uint8 0..255"""
 
     @_builtins.property
     def end(self) -> Global___Tensor: ...
@@ -467,12 +498,15 @@ class InterpolateRequest(_message.Message):
     METHOD_FIELD_NUMBER: _builtins.int
     LABEL_FIELD_NUMBER: _builtins.int
     FORMAT_FIELD_NUMBER: _builtins.int
+    CLAMP_FIELD_NUMBER: _builtins.int
     steps: _builtins.int
     """points on the path including both ends, 2..max_interpolation_steps"""
     method: Global___InterpolationMethod.ValueType
     label: _builtins.int
     """class for conditional models"""
     format: Global___ImageFormat.ValueType
+    clamp: _builtins.bool
+    """image endpoints: clip values into [0, 1] instead of refusing them"""
     @_builtins.property
     def model(self) -> Global___ModelRef: ...
     @_builtins.property
@@ -491,10 +525,11 @@ class InterpolateRequest(_message.Message):
         method: Global___InterpolationMethod.ValueType = ...,
         label: _builtins.int | None = ...,
         format: Global___ImageFormat.ValueType = ...,
+        clamp: _builtins.bool = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["_label", b"_label", "endpoints", b"endpoints", "images", b"images", "label", b"label", "latents", b"latents", "model", b"model"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["_label", b"_label", "endpoints", b"endpoints", "format", b"format", "images", b"images", "label", b"label", "latents", b"latents", "method", b"method", "model", b"model", "steps", b"steps"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["_label", b"_label", "clamp", b"clamp", "endpoints", b"endpoints", "format", b"format", "images", b"images", "label", b"label", "latents", b"latents", "method", b"method", "model", b"model", "steps", b"steps"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     _WhichOneofReturnType__label: _TypeAlias = _typing.Literal["label"]  # noqa: Y015
     _WhichOneofArgType__label: _TypeAlias = _typing.Literal["_label", b"_label"]  # noqa: Y015
