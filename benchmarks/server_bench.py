@@ -1,43 +1,44 @@
-"""Server benchmark in one run: batching on/off, the in-process ceiling and the no-op transport ceiling.
+"""Server benchmark in one run: vae-serve (defaults) against the grpc.aio no-op server and in-process
+onnxruntime, at 1 x 1, 1 x 16, 1 x 64 and 64 x 8 (float32 and uint8), with the ratios the targets use.
 
-Usage: python benchmarks/server_bench.py --repository <repo> --model tiny-vae [--duration 10]
-Starts each server as a child process on loopback, drives it with `vae-bench`, stops it, and writes
-every result as JSON (and a Markdown table) under --output.
+Usage:
+  python benchmarks/server_bench.py --repository model_repository --model fashion-mlp-vae \
+      [--rounds 3] [--duration 4] [--baseline-checkout ../old-server] [--output benchmarks/results]
+
+Every server runs for the whole benchmark; the load generator (`vae-bench`, a grpc.aio client on the
+same machine) visits them in turn, scenario by scenario, for `--rounds` rounds, so a slow minute on
+the shared host hits every target alike. Each figure is the median over the rounds; each ratio is the
+median of the per-round ratios, with the range. The load average and the cores each server used
+(from /proc) are printed beside the figures. `--baseline-checkout` also serves the same model from
+another checkout of this project (e.g. the threaded server of an earlier commit) as one more target.
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import os
 import signal
 import socket
+import statistics
 import subprocess
 import sys
 import urllib.request
-from contextlib import contextmanager
+from contextlib import ExitStack, contextmanager
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
 PY = sys.executable
+CLOCK_TICKS = os.sysconf("SC_CLK_TCK")
 
-
-@contextmanager
-def child(command: list[str], log: Path):
-    """A server process; yields its port once it prints its listening line; SIGTERM on exit."""
-    with open(log, "w") as stderr:
-        process = subprocess.Popen(
-            command, stdout=subprocess.PIPE, stderr=stderr, text=True, cwd=ROOT
-        )
-    line = process.stdout.readline() if process.stdout else ""
-    if "listening on" not in line:
-        process.kill()
-        raise SystemExit(f"server did not start: {' '.join(command)}\n{log.read_text()}")
-    port = int(line.split("listening on ")[1].split()[0].rsplit(":", 1)[1])
-    try:
-        yield port
-    finally:
-        process.send_signal(signal.SIGTERM)
-        process.wait(60)
+# (name, images per request, concurrency, format)
+SCENARIOS = [
+    ("1x1", 1, 1, "float32"),
+    ("1x16", 1, 16, "float32"),
+    ("1x64", 1, 64, "float32"),
+    ("64x8", 64, 8, "float32"),
+    ("64x8-uint8", 64, 8, "uint8"),
+]
 
 
 def free_port() -> int:
@@ -46,105 +47,228 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
-def mean_batch(metrics_port: int) -> dict[str, float]:
-    """Mean rows per decoder call so far, and the number of calls, from the server's /metrics."""
-    url = f"http://127.0.0.1:{metrics_port}/metrics"
-    values = {}
-    for line in urllib.request.urlopen(url, timeout=10).read().decode().splitlines():
-        if line.startswith("vae_batch_size_") and 'component="decoder"' in line:
-            values[line.split("{")[0]] = float(line.split()[-1])
-    calls = values.get("vae_batch_size_count", 0.0)
-    return {
-        "decoder_calls": calls,
-        "mean_rows_per_call": round(values.get("vae_batch_size_sum", 0.0) / max(calls, 1), 2),
-    }
+@contextmanager
+def child(command: list[str], log: Path, cwd: Path = ROOT):
+    """A server process; yields (port, pid) once it prints its listening line; SIGTERM on exit."""
+    with open(log, "w") as stderr:
+        process = subprocess.Popen(
+            command, stdout=subprocess.PIPE, stderr=stderr, text=True, cwd=cwd
+        )
+    line = process.stdout.readline() if process.stdout else ""
+    if "listening on" not in line:
+        process.kill()
+        raise SystemExit(f"server did not start: {' '.join(command)}\n{log.read_text()}")
+    port = int(line.split("listening on ")[1].split()[0].rsplit(":", 1)[1])
+    try:
+        yield port, process.pid
+    finally:
+        process.send_signal(signal.SIGTERM)
+        try:
+            process.wait(60)
+        except subprocess.TimeoutExpired:
+            process.kill()
 
 
-def serve(args: argparse.Namespace, metrics_port: int, *flags: str) -> list[str]:
-    return [PY, "-m", "server.cli", f"--repository={args.repository}", "--host=127.0.0.1",
-            "--port=0", f"--metrics-port={metrics_port}", "--metrics-host=127.0.0.1",
-            "--providers=CPUExecutionProvider",
-            "--reload-interval-seconds=0", "--log-level=WARNING", *flags]  # fmt: skip
+def cpu_seconds(pid: int) -> float:
+    """User + system CPU seconds of a process and all its descendants (from /proc)."""
+    children: dict[int, list[int]] = {}
+    for entry in os.listdir("/proc"):
+        if entry.isdigit():
+            try:
+                fields = Path(f"/proc/{entry}/stat").read_text().rsplit(")", 1)[1].split()
+            except OSError:
+                continue
+            children.setdefault(int(fields[1]), []).append(int(entry))
+    total, todo = 0.0, [pid]
+    while todo:
+        current = todo.pop()
+        try:
+            fields = Path(f"/proc/{current}/stat").read_text().rsplit(")", 1)[1].split()
+        except OSError:
+            continue
+        total += (int(fields[11]) + int(fields[12])) / CLOCK_TICKS
+        todo.extend(children.get(current, []))
+    return total
 
 
 def bench(args: argparse.Namespace, *flags: str) -> dict:
     command = [PY, "-m", "client.bench", f"--model={args.model}", f"--duration={args.duration}",
-               "--warmup=2", *flags]  # fmt: skip
+               "--warmup=1", *flags]  # fmt: skip
     result = subprocess.run(command, capture_output=True, text=True, cwd=ROOT, timeout=600)
     if result.returncode not in (0, 3):
         raise SystemExit(f"vae-bench failed: {result.stderr}")
     return json.loads(result.stdout)
 
 
-def analyse(results: dict[str, dict], big: int) -> dict[str, float]:
-    """The issue's two ratios, and what this run's own no-op transport allows of each.
+def mean_batch(metrics_port: int) -> float:
+    """Mean rows per decoder call so far, from a server's /metrics."""
+    url = f"http://127.0.0.1:{metrics_port}/metrics"
+    values: dict[str, float] = {}
+    for line in urllib.request.urlopen(url, timeout=10).read().decode().splitlines():
+        if line.startswith("vae_batch_size_") and 'component="decoder"' in line:
+            name = line.split("{")[0]
+            values[name] = values.get(name, 0.0) + float(line.split()[-1])
+    return round(
+        values.get("vae_batch_size_sum", 0.0) / max(values.get("vae_batch_size_count", 0), 1), 2
+    )
 
-    (a) No server that answers each call can beat the no-op server, which does no work at all, with
-    the same client on the same cores; so no-op / batching-off bounds what batching can gain here.
-    (b) Transport and decoding share the cores: if the no-op transport saturates them at T_n calls/s
-    and in-process decoding at T_d, a server doing both manages at most 1 / (1/T_n + 1/T_d), a
-    fraction T_n / (T_n + T_d) of the in-process rate.
-    """
-    rate = {name: r["throughput_rps"] for name, r in results.items()}
-    off, on = rate["a_batching_off_1x64"], rate["a_batching_on_1x64"]
-    noop_small = max(rate["c_noop_threaded_1x64"], rate["c_noop_aio_1x64"])
-    noop_big = max(rate[f"c_noop_threaded_64x{big}"], rate[f"c_noop_aio_64x{big}"])
-    in_process = rate[f"b_in_process_64x{big}"]
-    served = max(rate[f"b_batching_on_64x{big}"], rate[f"b_batching_off_64x{big}"])
+
+def serve_command(repository: str, metrics_port: int, *flags: str) -> list[str]:
+    return [PY, "-m", "server.cli", f"--repository={repository}", "--host=127.0.0.1",
+            "--port=0", f"--metrics-port={metrics_port}", "--metrics-host=127.0.0.1",
+            "--reload-interval-seconds=0", "--log-level=WARNING", *flags]  # fmt: skip
+
+
+def median_ratio(rounds_a: list[float], rounds_b: list[float]) -> dict[str, float]:
+    ratios = [a / b for a, b in zip(rounds_a, rounds_b, strict=True) if b]
     return {
-        "a_batching_on_over_off": round(on / off, 2),
-        "a_bound_noop_over_off": round(noop_small / off, 2),
-        "b_server_over_in_process": round(served / in_process, 3),
-        "b_bound_shared_cores": round(noop_big / (noop_big + in_process), 3),
-        "b_noop_over_in_process": round(noop_big / in_process, 3),
+        "median": round(statistics.median(ratios), 3),
+        "min": round(min(ratios), 3),
+        "max": round(max(ratios), 3),
     }
 
 
 def main() -> int:
-    parser = argparse.ArgumentParser(description=__doc__)
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawTextHelpFormatter
+    )
     parser.add_argument("--repository", required=True)
-    parser.add_argument("--model", default="tiny-vae")
-    parser.add_argument("--duration", type=float, default=10.0)
-    parser.add_argument("--big-concurrency", type=int, default=8, help="for 64 samples/request")
+    parser.add_argument("--model", default="fashion-mlp-vae")
+    parser.add_argument("--duration", type=float, default=4.0, help="measured seconds per visit")
+    parser.add_argument("--rounds", type=int, default=3)
+    parser.add_argument("--client-processes", type=int, default=1)
+    parser.add_argument("--serve-flags", default="", help="extra vae-serve flags, space-separated")
+    parser.add_argument("--baseline-checkout", type=Path, default=None)
     parser.add_argument("--output", type=Path, default=Path("benchmarks/results"))
     args = parser.parse_args()
     args.output.mkdir(parents=True, exist_ok=True)
-    results: dict[str, dict] = {}
-    small = ("--rpc=sample", "--samples=1", "--concurrency=64")
-    big = ("--rpc=sample", "--samples=64", f"--concurrency={args.big_concurrency}")
-    for name, flags in (("batching_on", ()), ("batching_off", ("--no-batching",))):
+    repository = str(Path(args.repository).resolve())
+    load_start = os.getloadavg()
+    targets: dict[str, dict] = {}
+    with ExitStack() as stack:
         metrics_port = free_port()
-        with child(serve(args, metrics_port, *flags), args.output / f"{name}.log") as port:
-            before = mean_batch(metrics_port)  # warm-up calls are not observed; this is all zero
-            results[f"a_{name}_1x64"] = bench(args, f"--address=127.0.0.1:{port}", *small)
-            results[f"a_{name}_1x64"]["server_batches"] = mean_batch(metrics_port)
-            results[f"a_{name}_1x64"]["server_batches_before"] = before
-            results[f"b_{name}_64x{args.big_concurrency}"] = bench(
-                args, f"--address=127.0.0.1:{port}", *big
+        port, pid = stack.enter_context(
+            child(
+                serve_command(repository, metrics_port, *args.serve_flags.split()),
+                args.output / "vae-serve.log",
             )
-    results[f"b_in_process_64x{args.big_concurrency}"] = bench(
-        args, "--in-process", f"--repository={args.repository}", *big
-    )
-    for transport in ("threaded", "aio"):
-        noop = [PY, "-m", "client.noop_server", "--port=0", f"--transport={transport}"]
-        with child(noop, args.output / f"noop_{transport}.log") as port:
-            address = f"--address=127.0.0.1:{port}"
-            results[f"c_noop_{transport}_1x64"] = bench(args, address, *small)
-            results[f"c_noop_{transport}_64x{args.big_concurrency}"] = bench(args, address, *big)
-    results["analysis"] = analyse(results, args.big_concurrency)
-    (args.output / "server_bench.json").write_text(json.dumps(results, indent=2) + "\n")
-    rows = ["| run | samples/req | concurrency | req/s | samples/s | p50 ms | p90 ms | p99 ms | errors |",
-            "| --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |"]  # fmt: skip
-    for name, r in results.items():
-        if name == "analysis":
-            continue
-        lat = r["latency_ms"]
-        rows.append(
-            f"| {name} | {r['samples_per_request']} | {r['concurrency']} | {r['throughput_rps']} | "
-            f"{r['samples_per_s']} | {lat['p50']} | {lat['p90']} | {lat['p99']} | {r['error_count']} |"
         )
-    rows += ["", *(f"- {key}: {value}" for key, value in results["analysis"].items())]
-    table = "\n".join(rows)
+        targets["vae-serve"] = {"port": port, "pid": pid, "metrics_port": metrics_port}
+        noop = [PY, "-m", "client.noop_server", "--port=0", "--transport=aio"]
+        port, pid = stack.enter_context(child(noop, args.output / "noop.log"))
+        targets["noop-aio"] = {"port": port, "pid": pid}
+        if args.baseline_checkout:
+            baseline_metrics = free_port()
+            command = serve_command(repository, baseline_metrics)
+            port, pid = stack.enter_context(
+                child(command, args.output / "baseline.log", cwd=args.baseline_checkout.resolve())
+            )
+            targets["baseline"] = {"port": port, "pid": pid, "metrics_port": baseline_metrics}
+        runs: dict[str, dict[str, list[dict]]] = {t: {s[0]: [] for s in SCENARIOS} for t in targets}
+        runs["in-process"] = {"64x8": []}
+        for round_index in range(args.rounds):
+            for name, samples, concurrency, image_format in SCENARIOS:
+                for target, info in targets.items():
+                    if target == "baseline" and image_format != "float32":
+                        continue  # the earlier server knows no uint8 format
+                    before = cpu_seconds(info["pid"])
+                    result = bench(
+                        args, f"--address=127.0.0.1:{info['port']}", f"--samples={samples}",
+                        f"--concurrency={concurrency}", f"--format={image_format}",
+                        f"--client-processes={args.client_processes}",
+                    )  # fmt: skip
+                    wall = result["duration_s"] + 1.0  # warm-up included in the CPU reading
+                    result["server_cores"] = round((cpu_seconds(info["pid"]) - before) / wall, 2)
+                    runs[target][name].append(result)
+                    print(
+                        f"round {round_index + 1} {name:11s} {target:9s} "
+                        f"{result['throughput_rps']:9.1f} req/s {result['samples_per_s']:10.1f} "
+                        f"samples/s p50 {result['latency_ms']['p50']} ms, errors "
+                        f"{result['error_count']}, server cores {result['server_cores']}",
+                        flush=True,
+                    )
+                if name == "64x8":
+                    result = bench(args, "--in-process", f"--repository={repository}",
+                                   "--samples=64", "--concurrency=8")  # fmt: skip
+                    runs["in-process"]["64x8"].append(result)
+                    print(f"round {round_index + 1} 64x8        in-process "
+                          f"{result['samples_per_s']:10.1f} samples/s", flush=True)  # fmt: skip
+        batches = {
+            t: mean_batch(i["metrics_port"]) for t, i in targets.items() if "metrics_port" in i
+        }
+    load_end = os.getloadavg()
+
+    def rates(target: str, scenario: str, key: str = "samples_per_s") -> list[float]:
+        return [r[key] for r in runs[target][scenario]]
+
+    summary: dict[str, dict] = {}
+    for target, scenarios in runs.items():
+        for scenario, results in scenarios.items():
+            if not results:
+                continue
+            summary.setdefault(scenario, {})[target] = {
+                "req_per_s": round(statistics.median(r["throughput_rps"] for r in results), 1),
+                "samples_per_s": round(statistics.median(r["samples_per_s"] for r in results), 1),
+                "p50_ms": statistics.median(r["latency_ms"]["p50"] for r in results),
+                "p99_ms": statistics.median(r["latency_ms"]["p99"] for r in results),
+                "errors": sum(r["error_count"] for r in results),
+                "server_cores": statistics.median(r.get("server_cores", 0.0) for r in results),
+            }
+    ratios = {
+        "1x64 vae-serve / noop-aio": median_ratio(
+            rates("vae-serve", "1x64"), rates("noop-aio", "1x64")
+        ),
+        "1x64 / 1x16 (vae-serve)": median_ratio(
+            rates("vae-serve", "1x64"), rates("vae-serve", "1x16")
+        ),
+        "64x8 vae-serve / in-process": median_ratio(
+            rates("vae-serve", "64x8"), rates("in-process", "64x8")
+        ),
+        "64x8 uint8 / float32 (vae-serve)": median_ratio(
+            rates("vae-serve", "64x8-uint8"), rates("vae-serve", "64x8")
+        ),
+        "64x8 noop-aio / in-process (transport bound)": median_ratio(
+            rates("noop-aio", "64x8"), rates("in-process", "64x8")
+        ),
+    }
+    if "baseline" in runs:
+        for scenario in ("1x1", "1x16", "1x64", "64x8"):
+            ratios[f"{scenario} vae-serve / baseline"] = median_ratio(
+                rates("vae-serve", scenario), rates("baseline", scenario)
+            )
+    report = {
+        "machine": {
+            "cpus": os.cpu_count(),
+            "load_average_start": load_start,
+            "load_average_end": load_end,
+        },
+        "settings": {
+            "rounds": args.rounds,
+            "duration_s": args.duration,
+            "client_processes": args.client_processes,
+            "serve_flags": args.serve_flags,
+            "baseline": str(args.baseline_checkout or ""),
+        },
+        "summary": summary,
+        "ratios": ratios,
+        "mean_decoder_batch_rows": batches,
+        "runs": runs,
+    }
+    (args.output / "server_bench.json").write_text(json.dumps(report, indent=2) + "\n")
+    lines = [f"load average at start {load_start}, at end {load_end}", "",
+             "| scenario | target | req/s | samples/s | p50 ms | p99 ms | errors | server cores |",
+             "| --- | --- | ---: | ---: | ---: | ---: | ---: | ---: |"]  # fmt: skip
+    for scenario, by_target in summary.items():
+        for target, s in by_target.items():
+            lines.append(
+                f"| {scenario} | {target} | {s['req_per_s']:,.0f} | {s['samples_per_s']:,.0f} | "
+                f"{s['p50_ms']} | {s['p99_ms']} | {s['errors']} | {s['server_cores']} |"
+            )
+    lines += ["", "| ratio | median | range |", "| --- | ---: | --- |"]
+    for name, r in ratios.items():
+        lines.append(f"| {name} | {r['median']} | {r['min']}-{r['max']} |")
+    lines += ["", f"mean decoder batch (rows): {batches}"]
+    table = "\n".join(lines)
     (args.output / "server_bench.md").write_text(table + "\n")
     print(table)
     return 0

@@ -50,6 +50,10 @@ class BatchingConfig:
     # back: batches form from what queues while the model is busy, so a lone caller pays no delay.
     max_queue_delay_ms: float = 0.0
     max_queue_rows: int = 4096  # rows waiting; beyond this, RESOURCE_EXHAUSTED at once
+    # While the event loop still has other work ready (calls being accepted and parsed), a batch
+    # waits for those calls' rows, up to this long from its oldest request; an idle loop starts it
+    # at once. Measured: BENCHMARKS.md, Server ("settling").
+    max_settle_ms: float = 2.0
 
     def __post_init__(self) -> None:
         if self.max_batch_size < 1:
@@ -58,6 +62,8 @@ class BatchingConfig:
             raise ValueError(f"max_queue_delay_ms must be 0 or more, got {self.max_queue_delay_ms}")
         if self.max_queue_rows < 1:
             raise ValueError(f"max_queue_rows must be at least 1, got {self.max_queue_rows}")
+        if self.max_settle_ms < 0:
+            raise ValueError(f"max_settle_ms must be 0 or more, got {self.max_settle_ms}")
 
 
 @dataclass
@@ -105,6 +111,7 @@ class Batcher:
         self._run = run
         self._observe = observe or (lambda rows, seconds, waits: None)
         self._observe_queue = observe_queue or (lambda rows: None)
+        self._settle_seconds = config.max_settle_ms / 1000.0
         self._offload = offload
         self._queue: deque[_Pending] = deque()
         self._queued_rows = 0
@@ -134,7 +141,6 @@ class Batcher:
         future: asyncio.Future[Outputs] = loop.create_future()
         self._queue.append(_Pending(inputs, rows, future, time.perf_counter()))
         self._queued_rows += rows
-        self._observe_queue(self._queued_rows)
         self._idle.clear()
         if not self._busy:
             self._schedule(loop)
@@ -148,14 +154,32 @@ class Batcher:
 
     def _schedule(self, loop: asyncio.AbstractEventLoop) -> None:
         """Arrange the next batch: on the next loop turn, or when the oldest request's delay is up."""
+        self._observe_queue(self._queued_rows)
         delay = self.config.max_queue_delay_ms / 1000.0
         if delay <= 0 or self._queued_rows >= self.config.max_batch_size or self._closed:
             self._busy = True
-            loop.call_soon(self._start)
+            loop.call_soon(self._start_when_settled, loop)
             return
         if self._timer is None:
             wait = self._queue[0].enqueued + delay - time.perf_counter()
             self._timer = loop.call_later(max(wait, 0.0), self._on_timer)
+
+    def _start_when_settled(self, loop: asyncio.AbstractEventLoop) -> None:
+        """Start the batch once the loop has nothing else ready to run: the handlers of calls that
+        are arriving get to queue their rows first. grpc.aio accepts one new call per loop turn, so
+        starting on the very next turn would merge almost nothing under load. Bounded by
+        max_settle_ms from the oldest request, the batch being full, or a closing batcher."""
+        others_ready = len(getattr(loop, "_ready", ()))  # CPython's asyncio; absent elsewhere: 0
+        if (
+            others_ready
+            and self._queue
+            and self._queued_rows < self.config.max_batch_size
+            and not self._closed
+            and time.perf_counter() - self._queue[0].enqueued < self._settle_seconds
+        ):
+            loop.call_soon(self._start_when_settled, loop)
+            return
+        self._start()
 
     def _on_timer(self) -> None:
         self._timer = None

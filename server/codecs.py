@@ -25,18 +25,28 @@ def tensor_to_proto(array: np.ndarray) -> vae_pb2.Tensor:
     return vae_pb2.Tensor(shape=data.shape, data=data.tobytes())
 
 
+def set_tensor(field: vae_pb2.Tensor, array: np.ndarray) -> None:
+    """Fill a response's Tensor field in place with float32 values: one copy of the data into the
+    message, where building a Tensor and CopyFrom-ing it in makes two."""
+    data = np.ascontiguousarray(array, dtype=FLOAT32)
+    field.shape.extend(data.shape)
+    field.data = data.tobytes()
+
+
+def set_uint8_tensor(field: vae_pb2.Tensor, images: np.ndarray) -> None:
+    """Fill a response's Tensor field with (N, C, H, W) images in [0, 1] as uint8 0..255."""
+    pixels = images_to_uint8(images)
+    field.shape.extend(pixels.shape)
+    field.data = pixels.tobytes()
+    field.dtype = vae_pb2.DATA_TYPE_UINT8
+
+
 def images_to_uint8(images: np.ndarray) -> np.ndarray:
     """(N, C, H, W) floats in [0, 1] -> the same shape as uint8 0..255, rounded to nearest."""
     scaled = np.multiply(images, 255.0, dtype=np.float32)
     np.add(scaled, 0.5, out=scaled)
     np.clip(scaled, 0.0, 255.0, out=scaled)
     return scaled.astype(UINT8)
-
-
-def uint8_tensor_to_proto(images: np.ndarray) -> vae_pb2.Tensor:
-    """(N, C, H, W) floats in [0, 1] -> a DATA_TYPE_UINT8 tensor of the same shape (N, C, H, W)."""
-    pixels = images_to_uint8(images)
-    return vae_pb2.Tensor(shape=pixels.shape, data=pixels.tobytes(), dtype=vae_pb2.DATA_TYPE_UINT8)
 
 
 def check_shape(shape: tuple[int, ...], what: str, max_elements: int) -> int:

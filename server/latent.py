@@ -13,9 +13,10 @@ def draw_prior(
     rng: np.random.Generator, count: int, latent_dim: int, temperature: float = 1.0
 ) -> np.ndarray:
     """The next `count` rows of z ~ N(0, temperature^2 I) from `rng`, shape (count, latent_dim)."""
-    return (rng.standard_normal((count, latent_dim), dtype=np.float32) * temperature).astype(
-        np.float32
-    )
+    z = rng.standard_normal((count, latent_dim), dtype=np.float32)
+    if temperature != 1.0:
+        z *= np.float32(temperature)  # in place: no second array per call
+    return z
 
 
 def sample_prior(count: int, latent_dim: int, seed: int, temperature: float = 1.0) -> np.ndarray:

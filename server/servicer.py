@@ -14,7 +14,7 @@ from typing import TypeVar
 import grpc
 import numpy as np
 
-from server.codecs import images_to_png, tensor_from_proto, tensor_to_proto, uint8_tensor_to_proto
+from server.codecs import images_to_png, set_tensor, set_uint8_tensor, tensor_from_proto
 from server.errors import InvalidArgument, ServiceError, Unavailable
 from server.executor import ModelExecutor
 from server.logging_setup import request_id
@@ -81,9 +81,9 @@ def fill_images(response: ImageResponse, generated: Generated, image_format: int
     response.model.name = generated.runtime.metadata.name
     response.model.version = generated.runtime.metadata.version
     if image_format in _FLOAT_FORMATS:
-        response.images.CopyFrom(tensor_to_proto(generated.images))
+        set_tensor(response.images, generated.images)
     elif image_format == vae_pb2.IMAGE_FORMAT_UINT8:
-        response.images.CopyFrom(uint8_tensor_to_proto(generated.images))
+        set_uint8_tensor(response.images, generated.images)
     if image_format in _PNG_FORMATS:
         response.png.extend(images_to_png(generated.images))
     return response
@@ -184,13 +184,12 @@ class VaeServicer(vae_pb2_grpc.VaeServiceServicer):
             result = await self.plane.encode(
                 runtime, images, request.labels, request.sample, seed, clamp=request.clamp
             )
-            response = vae_pb2.EncodeResponse(
-                mean=tensor_to_proto(result.mean), model=model_ref(runtime)
-            )
+            response = vae_pb2.EncodeResponse(model=model_ref(runtime))
+            set_tensor(response.mean, result.mean)
             if result.log_variance is not None:
-                response.log_variance.CopyFrom(tensor_to_proto(result.log_variance))
+                set_tensor(response.log_variance, result.log_variance)
             if result.latents is not None:
-                response.latents.CopyFrom(tensor_to_proto(result.latents))
+                set_tensor(response.latents, result.latents)
             return response
 
         return await self._run("Encode", context, request.model, work)
@@ -216,9 +215,8 @@ class VaeServicer(vae_pb2_grpc.VaeServiceServicer):
                 temperature=request.temperature,
                 label=request.label if request.HasField("label") else None,
             )
-            response = vae_pb2.SampleResponse(
-                latents=tensor_to_proto(result.latents), seed=result.seed
-            )
+            response = vae_pb2.SampleResponse(seed=result.seed)
+            set_tensor(response.latents, result.latents)
             return fill_images(response, result, request.format)
 
         return await self._run("Sample", context, request.model, work)
@@ -243,9 +241,8 @@ class VaeServicer(vae_pb2_grpc.VaeServiceServicer):
             )
             offset = 0
             async for chunk in stream:
-                response = vae_pb2.SampleResponse(
-                    latents=tensor_to_proto(chunk.latents), seed=chunk.seed, offset=offset
-                )
+                response = vae_pb2.SampleResponse(seed=chunk.seed, offset=offset)
+                set_tensor(response.latents, chunk.latents)
                 await context.write(fill_images(response, chunk, request.format))
                 offset += len(chunk.images)
 
@@ -274,7 +271,8 @@ class VaeServicer(vae_pb2_grpc.VaeServiceServicer):
                 clamp=request.clamp,
                 **ends,
             )
-            response = vae_pb2.InterpolateResponse(latents=tensor_to_proto(result.latents))
+            response = vae_pb2.InterpolateResponse()
+            set_tensor(response.latents, result.latents)
             return fill_images(response, result, request.format)
 
         return await self._run("Interpolate", context, request.model, work)

@@ -170,6 +170,12 @@ _BATCHING_OPTIONS: list[tuple[str, str, Any, str]] = [
     ("--max-batch-size", "max_batch_size", int, "rows merged into one onnxruntime call"),
     ("--max-queue-delay-ms", "max_queue_delay_ms", float, "longest a request waits for company"),
     ("--max-queue-rows", "max_queue_rows", int, "rows waiting per model component before refusing"),
+    (
+        "--max-settle-ms",
+        "max_settle_ms",
+        float,
+        "longest a batch waits for calls the busy event loop is still accepting",
+    ),
 ]
 # (flag, settings attribute, help) of on/off options; each reads VAE_<ATTRIBUTE> (1/true/yes/on).
 _SWITCHES: list[tuple[str, str, str]] = [
