@@ -16,6 +16,18 @@ METHODS = {
     "linear": vae_pb2.INTERPOLATION_METHOD_LINEAR,
     "spherical": vae_pb2.INTERPOLATION_METHOD_SPHERICAL,
 }
+# How images travel back: float32 (N, C, H, W) in [0, 1], or uint8 0..255 (a quarter of the bytes).
+IMAGE_FORMATS = {"float32": vae_pb2.IMAGE_FORMAT_TENSOR, "uint8": vae_pb2.IMAGE_FORMAT_UINT8}
+
+
+def image_tensor(images: np.ndarray) -> vae_pb2.Tensor:
+    """Request images as sent: uint8 arrays as DATA_TYPE_UINT8 (0..255), anything else as float32."""
+    if images.dtype == np.uint8:
+        pixels = np.ascontiguousarray(images)
+        return vae_pb2.Tensor(
+            shape=pixels.shape, data=pixels.tobytes(), dtype=vae_pb2.DATA_TYPE_UINT8
+        )
+    return tensor_to_proto(images)
 
 
 class VaeClient:
@@ -76,14 +88,19 @@ class VaeClient:
         label: int | None = None,
         model: str = "",
         version: int = 0,
+        image_format: str = "float32",
     ) -> tuple[np.ndarray, np.ndarray, int]:
-        """Draw `count` images from the prior: (images (N, C, H, W), latents (N, D), seed used)."""
+        """Draw `count` images from the prior: (images (N, C, H, W), latents (N, D), seed used).
+
+        `image_format="uint8"` returns the images as uint8 0..255, a quarter of the bytes on the wire.
+        """
         request = vae_pb2.SampleRequest(
             model=self._ref(model, version),
             count=count,
             temperature=temperature,
             seed=seed,
             label=label,
+            format=IMAGE_FORMATS[image_format],
         )
         response = self.stub.Sample(request, timeout=self.timeout)
         return tensor_to_numpy(response.images), tensor_to_numpy(response.latents), response.seed
@@ -97,6 +114,7 @@ class VaeClient:
         label: int | None = None,
         model: str = "",
         version: int = 0,
+        image_format: str = "float32",
     ) -> Iterator[tuple[np.ndarray, np.ndarray, int]]:
         """Stream `count` images in chunks: yields (images (n, C, H, W), latents (n, D), offset)."""
         request = vae_pb2.SampleStreamRequest(
@@ -106,16 +124,27 @@ class VaeClient:
             temperature=temperature,
             seed=seed,
             label=label,
+            format=IMAGE_FORMATS[image_format],
         )
         for chunk in self.stub.SampleStream(request, timeout=self.timeout):
             yield tensor_to_numpy(chunk.images), tensor_to_numpy(chunk.latents), chunk.offset
 
     def encode(
-        self, images: np.ndarray, labels: list[int] | None = None, model: str = "", version: int = 0
+        self,
+        images: np.ndarray,
+        labels: list[int] | None = None,
+        model: str = "",
+        version: int = 0,
+        clamp: bool = False,
     ) -> tuple[np.ndarray, np.ndarray | None]:
-        """(N, C, H, W) images -> posterior mean and log-variance (None for autoencoders)."""
+        """(N, C, H, W) images, float32 in [0, 1] or uint8 0..255 -> posterior mean and
+        log-variance (None for autoencoders). `clamp` clips float values outside [0, 1] (the server
+        refuses them otherwise)."""
         request = vae_pb2.EncodeRequest(
-            model=self._ref(model, version), images=tensor_to_proto(images), labels=labels or []
+            model=self._ref(model, version),
+            images=image_tensor(images),
+            labels=labels or [],
+            clamp=clamp,
         )
         response = self.stub.Encode(request, timeout=self.timeout)
         log_variance = (
@@ -129,9 +158,15 @@ class VaeClient:
         labels: list[int] | None = None,
         model: str = "",
         version: int = 0,
+        image_format: str = "float32",
     ) -> np.ndarray:
+        """(N, D) latents -> (N, C, H, W) images, float32 in [0, 1] or (`image_format="uint8"`)
+        uint8 0..255."""
         request = vae_pb2.DecodeRequest(
-            model=self._ref(model, version), latents=tensor_to_proto(latents), labels=labels or []
+            model=self._ref(model, version),
+            latents=tensor_to_proto(latents),
+            labels=labels or [],
+            format=IMAGE_FORMATS[image_format],
         )
         return tensor_to_numpy(self.stub.Decode(request, timeout=self.timeout).images)
 
@@ -145,13 +180,19 @@ class VaeClient:
         label: int | None = None,
         model: str = "",
         version: int = 0,
+        image_format: str = "float32",
     ) -> tuple[np.ndarray, np.ndarray]:
         """Images along the path between two latents or two images: (images, latents)."""
         request = vae_pb2.InterpolateRequest(
-            model=self._ref(model, version), steps=steps, method=METHODS[method], label=label
+            model=self._ref(model, version),
+            steps=steps,
+            method=METHODS[method],
+            label=label,
+            format=IMAGE_FORMATS[image_format],
         )
         pair = request.latents if endpoints == "latents" else request.images
-        pair.start.CopyFrom(tensor_to_proto(start))
-        pair.end.CopyFrom(tensor_to_proto(end))
+        convert = tensor_to_proto if endpoints == "latents" else image_tensor
+        pair.start.CopyFrom(convert(start))
+        pair.end.CopyFrom(convert(end))
         response = self.stub.Interpolate(request, timeout=self.timeout)
         return tensor_to_numpy(response.images), tensor_to_numpy(response.latents)

@@ -13,7 +13,7 @@ import numpy as np
 from google.protobuf import json_format
 from PIL import Image
 
-from client.api import METHODS, VaeClient
+from client.api import IMAGE_FORMATS, METHODS, VaeClient
 from server.codecs import grid_png
 
 
@@ -38,8 +38,10 @@ def _write_images(
 ) -> None:
     output.parent.mkdir(parents=True, exist_ok=True)
     if out_format == "npy":
-        np.save(output, images)
+        np.save(output, images)  # as received: float32 in [0, 1], or uint8 with --wire uint8
     else:
+        if images.dtype == np.uint8:
+            images = images.astype(np.float32) / 255.0
         if scale > 1:  # nearest-neighbour upscaling keeps the model's pixels visible as they are
             images = images.repeat(scale, axis=2).repeat(scale, axis=3)
         output.write_bytes(grid_png(images, columns or len(images)))
@@ -85,6 +87,13 @@ def build_parser() -> argparse.ArgumentParser:
             help="PNG grid width in images (0: all in a row)",
         )
         p.add_argument("--scale", type=int, default=1, help="enlarge PNG pixels this many times")
+        p.add_argument(
+            "--wire",
+            choices=tuple(IMAGE_FORMATS),
+            default="float32",
+            help="how images travel from the server: float32, or uint8 (a quarter of the bytes; "
+            "--format npy then writes uint8 0..255)",
+        )
 
     sample = commands.add_parser("sample", help="draw images from the prior")
     sample.add_argument("--count", type=int, default=64)
@@ -134,7 +143,7 @@ def run(args: argparse.Namespace) -> int:
         ref = {"model": args.model, "version": args.version}
         if args.command == "sample":
             images, _, seed = client.sample(
-                args.count, args.seed, args.temperature, args.label, **ref
+                args.count, args.seed, args.temperature, args.label, **ref, image_format=args.wire
             )
             print(f"seed {seed}")
             _write_images(images, args.output, args.out_format, args.columns, args.scale)
@@ -147,7 +156,7 @@ def run(args: argparse.Namespace) -> int:
             print(f"wrote latents {list(mean.shape)} to {args.output}")
         elif args.command == "decode":
             latents = np.load(args.input, allow_pickle=False).astype(np.float32)
-            images = client.decode(latents, args.labels, **ref)
+            images = client.decode(latents, args.labels, **ref, image_format=args.wire)
             _write_images(images, args.output, args.out_format, args.columns, args.scale)
         elif args.command == "interpolate":
             if (args.start is None) != (args.end is None):
@@ -164,7 +173,7 @@ def run(args: argparse.Namespace) -> int:
                         "vae-client interpolate: --start and --end must be the same kind"
                     )
             images, _ = client.interpolate(
-                start, end, args.steps, args.method, kind, args.label, **ref
+                start, end, args.steps, args.method, kind, args.label, **ref, image_format=args.wire
             )
             _write_images(images, args.output, args.out_format, args.columns, args.scale)
     return 0

@@ -14,6 +14,7 @@ FLOAT32 = np.dtype("<f4")
 
 
 UINT8 = np.dtype("u1")
+_MAX_COUNT = 2**63  # beyond int64: no tensor of this size can exist, whatever the data
 _DTYPE_NAMES = {
     vae_pb2.DATA_TYPE_FLOAT32: "DATA_TYPE_FLOAT32",
     vae_pb2.DATA_TYPE_UINT8: "DATA_TYPE_UINT8",
@@ -49,21 +50,33 @@ def images_to_uint8(images: np.ndarray) -> np.ndarray:
     return scaled.astype(UINT8)
 
 
-def check_shape(shape: tuple[int, ...], what: str, max_elements: int) -> int:
-    """The element count of a request tensor's shape, refusing empty, non-positive and oversized
-    shapes before any fixed-width arithmetic (a product of huge dimensions overflows int64)."""
+def check_shape(shape: tuple[int, ...], what: str, data_bytes: int, itemsize: int) -> int:
+    """The element count of a request tensor's shape, checked against the bytes that came with it.
+
+    Refuses empty and non-positive shapes, and shapes the data does not fill, before any fixed-width
+    arithmetic: the product is taken in Python integers and stops once it passes 2**63, so a shape
+    like [2**40, 2**40] or a thousand huge dimensions costs nothing and overflows nothing.
+    """
     if not shape:
         raise InvalidArgument(f"{what}: shape is empty; send the tensor's shape, e.g. [N, C, H, W]")
     if any(d <= 0 for d in shape):
         raise InvalidArgument(f"{what}: shape {list(shape)} has a non-positive dimension")
-    count = 1
-    for d in shape:  # Python integers: exact, and we stop as soon as the limit is passed
+    count, complete = 1, True
+    for d in shape:
         count *= d
-        if count > max_elements:
-            raise ResourceExhausted(
-                f"{what}: shape {list(shape)} is over this server's limit of {max_elements} "
-                "values per tensor; split the request"
-            )
+        if count > _MAX_COUNT:
+            complete = False  # no message holds this much: no need for the exact product
+            break
+    if not complete or count * itemsize != data_bytes:
+        kind = "uint8" if itemsize == 1 else "little-endian float32"
+        needs = (
+            f"{count * itemsize} bytes" if complete else "over 2**63 values (no message holds that)"
+        )
+        dims = list(shape) if len(shape) <= 8 else f"of {len(shape)} dimensions"
+        raise InvalidArgument(
+            f"{what}: shape {dims} needs {needs} of {kind}, got {data_bytes}; "
+            "send shape and data that agree"
+        )
     return count
 
 
@@ -74,34 +87,32 @@ def tensor_from_proto(
 
     With `allow_uint8` (image inputs), a DATA_TYPE_UINT8 tensor is read as value / 255.
     """
-    shape = tuple(int(d) for d in tensor.shape)
-    count = check_shape(shape, what, max_elements)
     dtype = tensor.dtype
-    if dtype == vae_pb2.DATA_TYPE_UINT8 and allow_uint8:
-        if len(tensor.data) != count:
-            raise InvalidArgument(
-                f"{what}: shape {list(shape)} needs {count} bytes of uint8, got {len(tensor.data)}"
-            )
-        pixels = np.frombuffer(tensor.data, dtype=UINT8).reshape(shape)
-        return np.multiply(pixels, np.float32(1.0 / 255.0), dtype=np.float32)
-    if dtype != vae_pb2.DATA_TYPE_FLOAT32:
+    if dtype not in (vae_pb2.DATA_TYPE_FLOAT32, vae_pb2.DATA_TYPE_UINT8) or (
+        dtype == vae_pb2.DATA_TYPE_UINT8 and not allow_uint8
+    ):
         allowed = "DATA_TYPE_FLOAT32 or DATA_TYPE_UINT8" if allow_uint8 else "DATA_TYPE_FLOAT32"
         raise InvalidArgument(
             f"{what}: dtype {_DTYPE_NAMES.get(dtype, dtype)} is not accepted here; allowed: "
             f"{allowed}"
         )
-    expected = count * FLOAT32.itemsize
-    if len(tensor.data) != expected:
-        raise InvalidArgument(
-            f"{what}: shape {list(shape)} needs {expected} bytes of little-endian float32, "
-            f"got {len(tensor.data)}"
+    shape = tuple(int(d) for d in tensor.shape)
+    uint8 = dtype == vae_pb2.DATA_TYPE_UINT8
+    count = check_shape(shape, what, len(tensor.data), 1 if uint8 else FLOAT32.itemsize)
+    if count > max_elements:
+        raise ResourceExhausted(
+            f"{what}: {count} values is over this server's limit of {max_elements}; "
+            "split the request"
         )
+    if uint8:
+        pixels = np.frombuffer(tensor.data, dtype=UINT8).reshape(shape)
+        return np.multiply(pixels, np.float32(1.0 / 255.0), dtype=np.float32)
     array = np.frombuffer(tensor.data, dtype=FLOAT32).reshape(shape)
     if not np.isfinite(array).all():
         raise InvalidArgument(
             f"{what}: contains NaN or infinite values; only finite values are allowed"
         )
-    return array.astype(np.float32, copy=False)
+    return array
 
 
 def tensor_to_numpy(tensor: vae_pb2.Tensor) -> np.ndarray:
