@@ -25,7 +25,7 @@ from kubernetes_validate.utils import SchemaNotFoundError
 ROOT = Path(__file__).resolve().parent.parent
 K8S = ROOT / "k8s"
 # Every kustomization a user may apply; base is rendered too, since the overlays are built on it.
-KUSTOMIZATIONS = ("base", "overlays/cpu", "overlays/gpu", "jobs", "autoscaling")
+KUSTOMIZATIONS = ("base", "overlays/cpu", "overlays/gpu", "jobs", "monitoring", "autoscaling")
 # Native gRPC probes are GA from 1.27; 1.29 is the oldest release still maintained by most vendors.
 KUBERNETES_VERSIONS = ("1.29", kubernetes_validate.utils.latest_version())
 
