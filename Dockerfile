@@ -5,9 +5,19 @@
 #   docker build --target serve-cpu -t vae-serve:0.1.0-cpu .      the same server on plain onnxruntime
 #   docker build --target train -t vae-train:0.1.0 .              vae-train and vae-export, with torch
 #
+# Each image installs exactly one onnxruntime distribution: the `gpu` extra (onnxruntime-gpu) in
+# serve, the `cpu` extra (onnxruntime) in serve-cpu and train; pyproject.toml declares the two extras
+# conflicting, and the build fails if both distributions got in anyway.
+#
 # The serving images hold the `server` and `client` packages and their dependencies only: onnxruntime, grpcio, numpy,
 # protobuf, prometheus-client, pillow; no torch. Every vae-serve option is also a VAE_* variable, so
 # they are configured by environment; the model repository is expected at /models (VAE_REPOSITORY).
+# Ports: 50051 gRPC, 9090 /metrics, 50052 the plaintext health listener (on by default when TLS is,
+# VAE_HEALTH_PORT), which the HEALTHCHECK asks when it is on.
+# Processes: no VAE_PROCESSES here on purpose. vae-serve then runs one server process per core the
+# container may run on (its CPU affinity: `docker run --cpuset-cpus`); a CPU quota (`--cpus 2`) does
+# not narrow the affinity, so with a quota set VAE_PROCESSES to it. The Kubernetes manifests set it
+# from the pod's CPU request.
 #
 # CUDA and cuDNN. uv.lock pins onnxruntime-gpu 1.31.1, which is built for CUDA 13 and cuDNN 9: the
 # wheel's onnxruntime/capi/build_and_package_info.py says cuda_version = '13.0', its
@@ -36,57 +46,62 @@ ENV UV_PYTHON_INSTALL_DIR=/opt/python \
     UV_COMPILE_BYTECODE=1 \
     UV_LINK_MODE=copy \
     UV_PROJECT_ENVIRONMENT=/opt/venv \
-    NO_TORCH="import importlib.util, sys; sys.exit('torch in a serving image' if importlib.util.find_spec('torch') else 0)"
+    NO_TORCH="import importlib.util, sys; sys.exit('torch in a serving image' if importlib.util.find_spec('torch') else 0)" \
+    ONE_ONNXRUNTIME="import importlib.metadata as m, re, sys; names = {re.sub('[-_.]+', '-', d.metadata['Name']).lower() for d in m.distributions()}; found = sorted(names & {'onnxruntime', 'onnxruntime-gpu'}); sys.exit(0 if len(found) == 1 else f'onnxruntime distributions installed: {found}; expected exactly one')"
 ARG PYTHON_VERSION
 RUN uv python install "${PYTHON_VERSION}"
 WORKDIR /src
 
-# serve-env: the server's environment for the GPU image. onnxruntime-gpu provides the same module as
-# onnxruntime, so the CPU wheel is left out rather than installed and then overwritten. Only server/
-# and client/ are copied in, so the installed project holds no training or export code.
-# The build fails if torch got in anyway, or if the vae-serve entry point does not import.
+# serve-env: the server's environment for the GPU image: the `gpu` extra, onnxruntime-gpu only. Only
+# server/ and client/ are copied in, so the installed project holds no training or export code.
+# The build fails if torch got in anyway, if both onnxruntime distributions did, or if the vae-serve
+# entry point does not import.
 FROM build AS serve-env
 RUN --mount=type=cache,target=/root/.cache/uv \
     --mount=type=bind,source=uv.lock,target=uv.lock \
     --mount=type=bind,source=pyproject.toml,target=pyproject.toml \
-    uv sync --frozen --no-editable --no-install-project --extra gpu --no-install-package onnxruntime
+    uv sync --frozen --no-editable --no-install-project --extra gpu
 COPY pyproject.toml uv.lock README.md ./
 COPY server ./server
 COPY client ./client
 RUN --mount=type=cache,target=/root/.cache/uv \
-    uv sync --frozen --no-editable --extra gpu --no-install-package onnxruntime \
+    uv sync --frozen --no-editable --extra gpu \
     && rm /opt/venv/bin/vae-train /opt/venv/bin/vae-export \
     && /opt/venv/bin/python -c "$NO_TORCH" \
+    && /opt/venv/bin/python -c "$ONE_ONNXRUNTIME" \
     && /opt/venv/bin/vae-serve --help >/dev/null
 
-# serve-cpu-env: the plain install (CPU onnxruntime), for nodes without a GPU.
+# serve-cpu-env: the server with the `cpu` extra (plain onnxruntime), for nodes without a GPU.
 FROM build AS serve-cpu-env
 RUN --mount=type=cache,target=/root/.cache/uv \
     --mount=type=bind,source=uv.lock,target=uv.lock \
     --mount=type=bind,source=pyproject.toml,target=pyproject.toml \
-    uv sync --frozen --no-editable --no-install-project
+    uv sync --frozen --no-editable --no-install-project --extra cpu
 COPY pyproject.toml uv.lock README.md ./
 COPY server ./server
 COPY client ./client
 RUN --mount=type=cache,target=/root/.cache/uv \
-    uv sync --frozen --no-editable \
+    uv sync --frozen --no-editable --extra cpu \
     && rm /opt/venv/bin/vae-train /opt/venv/bin/vae-export \
     && /opt/venv/bin/python -c "$NO_TORCH" \
+    && /opt/venv/bin/python -c "$ONE_ONNXRUNTIME" \
     && /opt/venv/bin/vae-serve --help >/dev/null
 
-# train-env: everything, torch included, for training and batch export.
+# train-env: everything, torch included, for training and batch export (whose parity check runs the
+# graphs on CPU onnxruntime, the `cpu` extra).
 FROM build AS train-env
 RUN --mount=type=cache,target=/root/.cache/uv \
     --mount=type=bind,source=uv.lock,target=uv.lock \
     --mount=type=bind,source=pyproject.toml,target=pyproject.toml \
-    uv sync --frozen --no-editable --no-install-project --extra train
+    uv sync --frozen --no-editable --no-install-project --extra train --extra cpu
 COPY pyproject.toml uv.lock README.md ./
 COPY server ./server
 COPY client ./client
 COPY training ./training
 COPY export ./export
 RUN --mount=type=cache,target=/root/.cache/uv \
-    uv sync --frozen --no-editable --extra train
+    uv sync --frozen --no-editable --extra train --extra cpu \
+    && /opt/venv/bin/python -c "$ONE_ONNXRUNTIME"
 
 # ---------------------------------------------------------------------------------------------------
 # train: `vae-train` and `vae-export` with torch. torch's wheels bring their own CUDA libraries, so
@@ -127,7 +142,7 @@ ENV PATH=/opt/venv/bin:$PATH \
     VAE_REPOSITORY=/models \
     VAE_PROVIDERS=CPUExecutionProvider
 WORKDIR /tmp
-EXPOSE 50051 9090
+EXPOSE 50051 9090 50052
 USER 10001:10001
 HEALTHCHECK --interval=15s --timeout=5s --start-period=120s --retries=3 \
     CMD ["python", "/opt/vae/healthcheck.py"]
@@ -156,7 +171,7 @@ ENV PATH=/opt/venv/bin:$PATH \
     VAE_REPOSITORY=/models \
     VAE_PROVIDERS=CUDAExecutionProvider,CPUExecutionProvider
 WORKDIR /tmp
-EXPOSE 50051 9090
+EXPOSE 50051 9090 50052
 USER 10001:10001
 HEALTHCHECK --interval=15s --timeout=5s --start-period=120s --retries=3 \
     CMD ["python", "/opt/vae/healthcheck.py"]

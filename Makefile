@@ -4,11 +4,11 @@ export UV_PYTHON_DOWNLOADS := never
 
 .PHONY: demo test lint typecheck proto check-proto sync sync-train clean lint-docker validate-k8s
 
-sync:            ## the torch-free server and client with the dev tools
-	$(UV) sync --frozen --extra dev
+sync:            ## the torch-free server (CPU onnxruntime) and client with the dev tools
+	$(UV) sync --frozen --extra cpu --extra dev
 
-sync-train:      ## everything: training, export, server, dev tools (torch from PyPI)
-	$(UV) sync --frozen --extra train --extra dev
+sync-train:      ## everything: training, export, server on CPU onnxruntime, dev tools (torch from PyPI)
+	$(UV) sync --frozen --extra train --extra cpu --extra dev
 
 demo: sync-train ## train on Fashion-MNIST, export, serve, call Sample and Interpolate, write PNGs
 	$(UV) run --frozen --no-sync python scripts/demo.py

@@ -6,7 +6,6 @@ import argparse
 import asyncio
 import json
 import multiprocessing
-import os
 import sys
 import threading
 import time
@@ -17,7 +16,9 @@ from typing import Any
 import grpc
 import numpy as np
 
+from server import options as opt
 from server.codecs import tensor_to_proto
+from server.options import StrictParser
 from server.proto_gen.vae.v1 import vae_pb2, vae_pb2_grpc
 
 RPCS = ("sample", "decode", "encode", "info")
@@ -184,9 +185,7 @@ def _run_in_process(args: argparse.Namespace) -> dict:
     version = max(list_versions(repo / args.model))
     runtime = ModelRuntime(
         version_dir(repo, args.model, version),
-        RuntimeOptions(
-            providers=tuple(args.providers.split(",")), intra_op_threads=args.intra_op_threads
-        ),
+        RuntimeOptions(providers=args.providers, intra_op_threads=args.intra_op_threads),
     )
     runtime.warm_up()
     meta = runtime.metadata
@@ -232,56 +231,59 @@ def _describe(args: argparse.Namespace) -> dict:
     }
 
 
-def build_parser() -> argparse.ArgumentParser:
-    env = os.environ.get
-    parser = argparse.ArgumentParser(prog="vae-bench", description=__doc__)
-    parser.add_argument(
-        "--address", default=env("VAE_ADDRESS", "127.0.0.1:50051"), help="[VAE_ADDRESS]"
+def build_parser() -> StrictParser:
+    parser = StrictParser(
+        prog="vae-bench",
+        description=__doc__ + " Options in brackets also read that VAE_* variable.",
     )
-    parser.add_argument("--model", default=env("VAE_MODEL", ""), help="model name [VAE_MODEL]")
-    parser.add_argument("--rpc", choices=RPCS, default="sample")
-    parser.add_argument("--concurrency", type=int, default=16, help="calls kept in flight")
-    parser.add_argument("--duration", type=float, default=10.0, help="measured seconds")
-    parser.add_argument("--warmup", type=float, default=1.0, help="unmeasured seconds first")
-    parser.add_argument("--samples", type=int, default=1, help="images (or rows) per request")
-    parser.add_argument("--timeout", type=float, default=30.0, help="deadline per call, seconds")
-    parser.add_argument(
-        "--format",
-        choices=tuple(FORMATS),
-        default="float32",
-        help="how Sample and Decode return images",
+    parser.option(
+        "--address", opt.nonempty, "127.0.0.1:50051", "server host:port", env="VAE_ADDRESS"
     )
-    parser.add_argument(
+    parser.option("--model", opt.text, "", "model name", env="VAE_MODEL")
+    parser.option("--rpc", opt.choice(*RPCS), "sample", "the RPC to call: " + ", ".join(RPCS))
+    parser.option("--concurrency", opt.integer(1), 16, "calls kept in flight")
+    parser.option("--duration", opt.number(above=0), 10.0, "measured seconds")
+    parser.option("--warmup", opt.number(0), 1.0, "unmeasured seconds first")
+    parser.option("--samples", opt.integer(1), 1, "images (or rows) per request")
+    parser.option("--timeout", opt.number(above=0), 30.0, "deadline per call, seconds")
+    parser.option(
+        "--format", opt.choice(*FORMATS), "float32", "how Sample and Decode return images"
+    )
+    parser.option(
         "--client-processes",
-        type=int,
-        default=1,
-        help="load-generator processes sharing --concurrency (one event loop each)",
+        opt.integer(1),
+        1,
+        "load-generator processes sharing --concurrency (one event loop each)",
     )
-    parser.add_argument(
-        "--tls-ca", default=env("VAE_TLS_CA", ""), help="PEM CA: use TLS [VAE_TLS_CA]"
-    )
-    parser.add_argument(
+    parser.option("--tls-ca", opt.text, "", "PEM CA: use TLS", env="VAE_TLS_CA")
+    parser.switch(
         "--in-process",
-        action="store_true",
-        help="call onnxruntime directly on --repository instead of a server (the ceiling)",
+        False,
+        "call onnxruntime directly on --repository instead of a server (the ceiling)",
     )
-    parser.add_argument("--repository", default=env("VAE_REPOSITORY", "model_repository"))
-    parser.add_argument("--providers", default="CPUExecutionProvider")
-    parser.add_argument("--intra-op-threads", type=int, default=0)
-    parser.add_argument("--output", type=Path, default=None, help="also write the JSON here")
+    parser.option(
+        "--repository",
+        opt.nonempty,
+        "model_repository",
+        "model repository, for --in-process",
+        env="VAE_REPOSITORY",
+    )
+    parser.option(
+        "--providers", opt.providers, ("CPUExecutionProvider",), "for --in-process: providers"
+    )
+    parser.option("--intra-op-threads", opt.integer(0), 0, "for --in-process: threads per call")
+    parser.option("--output", opt.optional(opt.path), None, "also write the JSON here")
     return parser
 
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
-    if args.concurrency < 1 or args.duration <= 0 or args.samples < 1 or args.client_processes < 1:
-        print(
-            "vae-bench: --concurrency, --duration, --samples and --client-processes must be "
-            "positive",
-            file=sys.stderr,
-        )
-        return 2
     if args.in_process:
+        from server.cli import missing_onnxruntime_message, onnxruntime_missing
+
+        if onnxruntime_missing():
+            print(missing_onnxruntime_message("vae-bench --in-process"), file=sys.stderr)
+            return 2
         if args.rpc != "sample" or not args.model:
             print(
                 "vae-bench: --in-process measures --rpc sample and needs --model", file=sys.stderr

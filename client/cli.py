@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import sys
 from pathlib import Path
 
@@ -14,7 +13,9 @@ from google.protobuf import json_format
 from PIL import Image
 
 from client.api import IMAGE_FORMATS, METHODS, VaeClient
+from server import options as opt
 from server.codecs import grid_png
+from server.options import StrictParser
 
 
 def _load_images(paths: list[Path], image_shape: tuple[int, ...]) -> np.ndarray:
@@ -59,53 +60,57 @@ def _endpoint(
     return _load_images([path], image_shape)[0], "images"
 
 
-def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="vae-client", description=__doc__)
-    parser.add_argument(
-        "--address",
-        default=os.environ.get("VAE_ADDRESS", "localhost:50051"),
-        help="server address host:port [VAE_ADDRESS]",
+def build_parser() -> StrictParser:
+    parser = StrictParser(
+        prog="vae-client",
+        description=__doc__ + " Options in brackets also read that VAE_* variable.",
     )
-    parser.add_argument("--model", default=os.environ.get("VAE_MODEL", ""), help="model name")
-    parser.add_argument("--version", type=int, default=0, help="model version (0: latest)")
-    parser.add_argument("--timeout", type=float, default=30.0, help="deadline per call, seconds")
+    parser.option(
+        "--address",
+        opt.nonempty,
+        "localhost:50051",
+        "server address host:port",
+        env="VAE_ADDRESS",
+    )
+    parser.option(
+        "--model", opt.text, "", "model name (empty: the only one loaded)", env="VAE_MODEL"
+    )
+    parser.option("--version", opt.integer(0), 0, "model version (0: latest)")
+    parser.option("--timeout", opt.number(above=0), 30.0, "deadline per call, seconds")
     for flag, env, help_text in (
         ("--tls-ca", "VAE_TLS_CA", "PEM CA that signed the server's certificate: connect with TLS"),
         ("--tls-cert", "VAE_TLS_CLIENT_CERT", "PEM client certificate, for servers requiring mTLS"),
         ("--tls-key", "VAE_TLS_CLIENT_KEY", "PEM private key of --tls-cert"),
     ):
-        parser.add_argument(flag, default=os.environ.get(env, ""), help=f"{help_text} [{env}]")
-    commands = parser.add_subparsers(dest="command", required=True)
+        parser.option(flag, opt.text, "", help_text, env=env)
+    commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
-    def output_options(p: argparse.ArgumentParser, default: str, columns: int = 8) -> None:
-        p.add_argument("--output", "-o", type=Path, default=Path(default))
-        p.add_argument("--format", choices=("png", "npy"), default="png", dest="out_format")
-        p.add_argument(
-            "--columns",
-            type=int,
-            default=columns,
-            help="PNG grid width in images (0: all in a row)",
-        )
-        p.add_argument("--scale", type=int, default=1, help="enlarge PNG pixels this many times")
-        p.add_argument(
+    def output_options(p: StrictParser, default: str, columns: int = 8) -> None:
+        p.option("--output", opt.path, Path(default), "file to write", aliases=("-o",))
+        p.option("--format", opt.choice("png", "npy"), "png", "png grid or npy", dest="out_format")
+        p.option("--columns", opt.integer(0), columns, "PNG grid width in images (0: all in a row)")
+        p.option("--scale", opt.integer(1, 64), 1, "enlarge PNG pixels this many times")
+        p.option(
             "--wire",
-            choices=tuple(IMAGE_FORMATS),
-            default="float32",
-            help="how images travel from the server: float32, or uint8 (a quarter of the bytes; "
+            opt.choice(*IMAGE_FORMATS),
+            "float32",
+            "how images travel from the server: float32, or uint8 (a quarter of the bytes; "
             "--format npy then writes uint8 0..255)",
         )
 
+    seed = opt.optional(opt.integer(0, 2**64 - 1))
+    label = opt.optional(opt.integer(0))
     sample = commands.add_parser("sample", help="draw images from the prior")
-    sample.add_argument("--count", type=int, default=64)
-    sample.add_argument("--seed", type=int, default=None)
-    sample.add_argument("--temperature", type=float, default=1.0)
-    sample.add_argument("--label", type=int, default=None, help="class, for conditional models")
+    sample.option("--count", opt.integer(1), 64, "images to draw")
+    sample.option("--seed", seed, None, "same seed, same images (none: a fresh seed)")
+    sample.option("--temperature", opt.number(0), 1.0, "scale of the prior's std (0 means 1)")
+    sample.option("--label", label, None, "class, for conditional models")
     output_options(sample, "samples.png")
 
     encode = commands.add_parser("encode", help="images (.png/.jpg or .npy) to latent means (.npy)")
     encode.add_argument("inputs", type=Path, nargs="+")
     encode.add_argument("--labels", type=int, nargs="*", default=None)
-    encode.add_argument("--output", "-o", type=Path, default=Path("latents.npy"))
+    encode.option("--output", opt.path, Path("latents.npy"), "file to write", aliases=("-o",))
 
     decode = commands.add_parser("decode", help="latents (.npy, (N, D)) to images")
     decode.add_argument("input", type=Path)
@@ -113,12 +118,14 @@ def build_parser() -> argparse.ArgumentParser:
     output_options(decode, "decoded.png")
 
     interpolate = commands.add_parser("interpolate", help="images along a latent path")
-    interpolate.add_argument("--start", type=Path, help="image file, .npy image or .npy latent")
-    interpolate.add_argument("--end", type=Path)
-    interpolate.add_argument("--seed", type=int, default=0, help="prior draws when no ends given")
-    interpolate.add_argument("--steps", type=int, default=10)
-    interpolate.add_argument("--method", choices=tuple(METHODS), default="linear")
-    interpolate.add_argument("--label", type=int, default=None)
+    interpolate.option(
+        "--start", opt.optional(opt.path), None, "image file, .npy image or .npy latent"
+    )
+    interpolate.option("--end", opt.optional(opt.path), None, "the other end, of the same kind")
+    interpolate.option("--seed", opt.integer(0), 0, "prior draws when no ends are given")
+    interpolate.option("--steps", opt.integer(2), 10, "points on the path, both ends included")
+    interpolate.option("--method", opt.choice(*METHODS), "linear", "linear or spherical")
+    interpolate.option("--label", label, None, "class, for conditional models")
     output_options(interpolate, "interpolation.png", columns=0)
 
     commands.add_parser("info", help="describe the model (or list every model without --model)")

@@ -2,63 +2,69 @@
 
 from __future__ import annotations
 
-import argparse
-import os
 import sys
 from pathlib import Path
+from typing import Any
 
-from export.parity import DEFAULT_TOLERANCE
-from export.pipeline import ExportResult, export_checkpoint, find_checkpoints
+from server import options as opt
+from server.options import StrictParser
 from server.repository import PRECISIONS
+from training.cli import import_or_explain
 
 
-def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="vae-export", description=__doc__)
+def build_parser() -> StrictParser:
+    from export.parity import DEFAULT_TOLERANCE
+
+    parser = StrictParser(
+        prog="vae-export",
+        description=__doc__ + " Options in brackets also read that VAE_* variable.",
+    )
     parser.add_argument("source", type=Path, help="a checkpoint file, or a directory of runs")
-    parser.add_argument(
+    parser.option(
         "--repository",
-        type=Path,
-        default=Path(os.environ.get("VAE_REPOSITORY", "model_repository")),
-        help="model repository to write into [VAE_REPOSITORY]",
+        opt.path,
+        Path("model_repository"),
+        "model repository to write into",
+        env="VAE_REPOSITORY",
     )
-    parser.add_argument(
-        "--name", default=None, help="model name (default: the run's directory name)"
+    parser.option(
+        "--name", opt.optional(opt.text), None, "model name", shown_default="the run's directory"
     )
-    parser.add_argument(
+    parser.option(
         "--which",
-        choices=("best", "last"),
-        default=os.environ.get("VAE_EXPORT_WHICH", "best"),
-        help="which checkpoint of each run to export from a directory [VAE_EXPORT_WHICH]",
+        opt.choice("best", "last"),
+        "best",
+        "which checkpoint of each run to export from a directory: best or last",
+        env="VAE_EXPORT_WHICH",
     )
-    parser.add_argument(
+    parser.option(
         "--data-dir",
-        type=Path,
-        default=Path(os.environ["VAE_DATA_DIR"]) if "VAE_DATA_DIR" in os.environ else None,
-        help="where the parity check finds the data set [VAE_DATA_DIR]",
+        opt.optional(opt.path),
+        None,
+        "where the parity check finds the data set",
+        env="VAE_DATA_DIR",
     )
-    parser.add_argument(
+    parser.option(
         "--precision",
-        choices=PRECISIONS,
-        default=os.environ.get("VAE_EXPORT_PRECISION", "fp32"),
-        help="fp16 writes half-precision graphs (float32 inputs and outputs) as '<name>-fp16' "
-        "[VAE_EXPORT_PRECISION]",
+        opt.choice(*PRECISIONS),
+        "fp32",
+        "fp16 writes half-precision graphs (float32 inputs and outputs) as '<name>-fp16'",
+        env="VAE_EXPORT_PRECISION",
     )
-    parser.add_argument(
+    parser.option(
         "--tolerance",
-        type=float,
-        default=None,
-        help="largest allowed |ONNX - PyTorch| (default: "
-        + ", ".join(f"{k} {v:g}" for k, v in DEFAULT_TOLERANCE.items())
-        + ")",
+        opt.optional(opt.number(above=0)),
+        None,
+        "largest allowed |ONNX - PyTorch|",
+        shown_default=", ".join(f"{k} {v:g}" for k, v in DEFAULT_TOLERANCE.items()),
     )
-    parser.add_argument("--parity-batch", type=int, default=64, help="images in the parity check")
-    parser.add_argument(
-        "--force", action="store_true", help="export even if the sha256 is already there"
-    )
+    parser.option("--parity-batch", opt.integer(1), 64, "images in the parity check")
+    parser.switch("--force", False, "export even if the sha256 is already there")
     return parser
 
 
-def print_table(results: list[ExportResult]) -> None:
+def print_table(results: list[Any]) -> None:
+    """One row per export.ExportResult: status, model, version, largest |diff|, checkpoint."""
     rows = [("status", "model", "version", "max |diff|", "checkpoint / detail")]
     for r in results:
         diff = max(r.parity.get("encoder_max_abs_diff", 0), r.parity.get("decoder_max_abs_diff", 0))
@@ -81,13 +87,13 @@ def print_table(results: list[ExportResult]) -> None:
 
 
 def main(argv: list[str] | None = None) -> int:
+    return import_or_explain("vae-export", lambda: _export(argv))
+
+
+def _export(argv: list[str] | None) -> int:
+    from export.pipeline import export_checkpoint, find_checkpoints
+
     args = build_parser().parse_args(argv)
-    if args.parity_batch < 1:
-        print(
-            f"vae-export: --parity-batch must be at least 1, got {args.parity_batch}",
-            file=sys.stderr,
-        )
-        return 2
     if args.source.is_dir():
         if args.name is not None:
             print("vae-export: --name applies to one checkpoint, not a directory", file=sys.stderr)

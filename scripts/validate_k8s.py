@@ -2,8 +2,10 @@
 
 Kubernetes kinds are checked against the OpenAPI schemas that kubernetes-validate bundles (strict:
 an unknown field is an error), for the oldest and the newest Kubernetes version we support; the
-ServiceMonitor against the Prometheus Operator's CRD, through cloudcoil's model of it. An object of a
-kind with no schema here is an error too, so nothing passes unchecked. Run with `make validate-k8s`.
+ServiceMonitor and the PrometheusRule against the Prometheus Operator's CRDs, through cloudcoil's
+models of them, and the PrometheusRule's rules with `promtool check rules` (Debian package
+`prometheus`). An object of a kind with no schema here is an error too, so nothing passes unchecked.
+Run with `make validate-k8s`.
 """
 
 from __future__ import annotations
@@ -11,6 +13,7 @@ from __future__ import annotations
 import shutil
 import subprocess
 import sys
+import tempfile
 from collections.abc import Iterable
 from pathlib import Path
 from typing import Any
@@ -22,13 +25,40 @@ from kubernetes_validate.utils import SchemaNotFoundError
 ROOT = Path(__file__).resolve().parent.parent
 K8S = ROOT / "k8s"
 # Every kustomization a user may apply; base is rendered too, since the overlays are built on it.
-KUSTOMIZATIONS = ("base", "overlays/cpu", "overlays/gpu", "jobs")
+KUSTOMIZATIONS = ("base", "overlays/cpu", "overlays/gpu", "jobs", "monitoring", "autoscaling")
 # Native gRPC probes are GA from 1.27; 1.29 is the oldest release still maintained by most vendors.
 KUBERNETES_VERSIONS = ("1.29", kubernetes_validate.utils.latest_version())
 
 
 class RenderError(RuntimeError):
     """kustomize is missing or refused a kustomization."""
+
+
+class PromtoolMissing(RuntimeError):
+    """promtool is not on PATH."""
+
+
+def promtool() -> str:
+    found = shutil.which("promtool")
+    if found is None:
+        raise PromtoolMissing(
+            "promtool is not on PATH: install the Debian/Ubuntu package `prometheus` "
+            "(apt-get install prometheus) or a Prometheus release, then run this again"
+        )
+    return found
+
+
+def check_rules(groups: Any) -> list[str]:
+    """`promtool check rules` on a rules file holding `groups`; its complaints, empty when valid."""
+    with tempfile.TemporaryDirectory() as folder:
+        path = Path(folder) / "rules.yaml"
+        path.write_text(yaml.safe_dump({"groups": groups}, sort_keys=False))
+        result = subprocess.run(
+            [promtool(), "check", "rules", str(path)], capture_output=True, text=True, check=False
+        )
+    if result.returncode == 0:
+        return []
+    return [f"promtool check rules: {(result.stdout + result.stderr).strip()}"]
 
 
 def kustomize_command() -> list[str]:
@@ -63,20 +93,26 @@ def _without_nones(value: Any) -> Any:
     return value
 
 
-def validate_service_monitor(obj: dict[str, Any]) -> list[str]:
-    """Errors in a ServiceMonitor: field types and patterns, and any field the CRD does not know."""
-    from cloudcoil.models.prometheus_operator.v1 import ServiceMonitor
+def validate_operator_object(obj: dict[str, Any]) -> list[str]:
+    """Errors in a Prometheus Operator object (ServiceMonitor, PrometheusRule): field types and
+    patterns, any field the CRD does not know, and for rules whatever promtool finds."""
+    from cloudcoil.models.prometheus_operator import v1
     from pydantic import ValidationError
 
+    kind = obj.get("kind", "?")
+    if kind not in ("ServiceMonitor", "PrometheusRule"):
+        return [f"no schema for {kind} {obj.get('apiVersion')}"]
     try:
-        model = ServiceMonitor.model_validate(obj)
+        model = getattr(v1, kind).model_validate(obj)
     except ValidationError as exc:
         return [str(exc)]
     # The model ignores unknown fields; a round trip that loses one means it was not in the CRD.
     kept = _without_nones(model.model_dump(by_alias=True, exclude_unset=True))
     spec_in, spec_out = obj.get("spec", {}), kept.get("spec", {})
     if spec_in != spec_out:
-        return [f"spec has fields the ServiceMonitor CRD does not define: {spec_in} -> {spec_out}"]
+        return [f"spec has fields the {kind} CRD does not define: {spec_in} -> {spec_out}"]
+    if kind == "PrometheusRule":
+        return check_rules(spec_in.get("groups", []))
     return []
 
 
@@ -86,7 +122,7 @@ def validate_object(
     """Every error found in one object; empty when it is valid for every version."""
     kind = obj.get("kind", "?")
     if obj.get("apiVersion", "").startswith("monitoring.coreos.com/"):
-        return validate_service_monitor(obj)
+        return validate_operator_object(obj)
     errors = []
     for version in versions:
         try:
@@ -109,7 +145,11 @@ def main() -> int:
             return 2
         for obj in objects:
             name = f"k8s/{kustomization}: {obj.get('kind')}/{obj.get('metadata', {}).get('name')}"
-            errors = validate_object(obj)
+            try:
+                errors = validate_object(obj)
+            except PromtoolMissing as exc:
+                print(f"FAIL {name}: {exc}", file=sys.stderr)
+                return 2
             failures += bool(errors)
             for error in errors:
                 print(f"FAIL {name}: {error}", file=sys.stderr)

@@ -292,7 +292,7 @@ class VaeServer:
         reflection_v1.enable_server_reflection(names, self._grpc)
         port = self._bind(self._grpc, f"{self.settings.host}:{self.settings.port}", secure=True)
         health_port = self.settings.resolved_health_port()
-        if health_port is not None:
+        if health_port:
             # Plaintext, health only: kubelet's gRPC probes and the container HEALTHCHECK speak no TLS.
             self._health_grpc = grpc.aio.server(options=grpc_options(self.settings, shared))
             health_pb2_grpc.add_HealthServicer_to_server(self.health, self._health_grpc)

@@ -5,13 +5,35 @@ from __future__ import annotations
 import logging
 import sys
 
-from server.logging_setup import configure_logging
-from server.settings import build_parser, settings_from_args
+
+def missing_onnxruntime_message(prog: str) -> str:
+    """One line instead of a traceback when the plain install (no extra) lacks onnxruntime."""
+    return (
+        f"{prog}: onnxruntime is not installed; install the server with one of its runtimes: "
+        "pip install 'vae-service[cpu]' (CPU) or pip install 'vae-service[gpu]' (CUDA), "
+        "or from a checkout: uv sync --extra cpu"
+    )
+
+
+def onnxruntime_missing() -> bool:
+    """True when `import onnxruntime` finds no module (a broken install still raises)."""
+    try:
+        import onnxruntime  # noqa: F401
+    except ModuleNotFoundError as exc:
+        if exc.name != "onnxruntime":
+            raise
+        return True
+    return False
 
 
 def main(argv: list[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
-    settings = settings_from_args(args)
+    if onnxruntime_missing():  # before server.settings, which imports it through server.runtime
+        print(missing_onnxruntime_message("vae-serve"), file=sys.stderr)
+        return 2
+    from server.logging_setup import configure_logging
+    from server.settings import parse_settings
+
+    settings = parse_settings(argv)  # exits 2 with one line on a mistake
     configure_logging(settings.log_level, settings.log_format)
     log = logging.getLogger("vae-serve")
     if settings.process_count() > 1:

@@ -8,6 +8,7 @@ Dockerfile gives `uv sync`, and the health check script runs against real gRPC s
 from __future__ import annotations
 
 import fnmatch
+import os
 import re
 import shlex
 import socket
@@ -16,6 +17,7 @@ import sys
 import tomllib
 from collections.abc import Iterator
 from concurrent import futures
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -24,7 +26,7 @@ import grpc
 import pytest
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 
-from server.settings import Settings, build_parser
+from server.settings import DEFAULT_HEALTH_PORT, Settings, build_parser, parse_settings
 
 ROOT = Path(__file__).resolve().parent.parent
 DOCKERFILE = ROOT / "Dockerfile"
@@ -204,21 +206,88 @@ def test_serving_image_installs_no_torch(stage):
     assert not {"torch", "torchvision"} & locked_packages(stage)
 
 
-def test_gpu_server_installs_onnxruntime_gpu():
-    assert "onnxruntime-gpu" in locked_packages("serve")
+ONNXRUNTIMES = {"onnxruntime", "onnxruntime-gpu"}
 
 
-def test_gpu_server_leaves_out_the_cpu_onnxruntime_wheel_that_would_overwrite_it():
-    assert "onnxruntime" not in locked_packages("serve")
+@pytest.mark.parametrize(
+    ("stage", "runtime"),
+    [("serve", "onnxruntime-gpu"), ("serve-cpu", "onnxruntime"), ("train", "onnxruntime")],
+)
+def test_image_installs_exactly_one_onnxruntime_distribution(stage, runtime):
+    # The two wheels ship the same `onnxruntime` module and overwrite each other's files.
+    assert locked_packages(stage) & ONNXRUNTIMES == {runtime}
 
 
-def test_cpu_server_installs_plain_onnxruntime_only():
-    packages = locked_packages("serve-cpu")
-    assert ("onnxruntime" in packages, "onnxruntime-gpu" in packages) == (True, False)
+@pytest.mark.parametrize("stage", ["serve-env", "serve-cpu-env", "train-env"])
+def test_environment_stage_checks_that_one_onnxruntime_got_in(stage):
+    runs = " ".join(run.value[0] for run in STAGES[stage].all("RUN"))
+    assert '"$ONE_ONNXRUNTIME"' in runs and "ONE_ONNXRUNTIME" in STAGES["build"].env()
 
 
 def test_train_image_installs_torch():
     assert "torch" in locked_packages("train")
+
+
+# ------------------------------------------------------------------- extras: one onnxruntime each
+
+
+def pyproject() -> dict:
+    return tomllib.loads((ROOT / "pyproject.toml").read_text())
+
+
+def requirement_names(requirements: list[str]) -> set[str]:
+    return {re.split(r"[\s<>=!~;\[]", r, maxsplit=1)[0].lower() for r in requirements}
+
+
+def pip_install_names(*extras: str) -> set[str]:
+    """What `pip install '.[extras]'` asks for directly (pip reads pyproject.toml, not uv.lock)."""
+    project = pyproject()["project"]
+    names = requirement_names(project["dependencies"])
+    for extra in extras:
+        names |= requirement_names(project["optional-dependencies"][extra])
+    return names
+
+
+@pytest.mark.parametrize(
+    ("extras", "expected"),
+    [
+        ((), set()),
+        (("cpu",), {"onnxruntime"}),
+        (("gpu",), {"onnxruntime-gpu"}),
+        (("train",), set()),
+    ],
+)
+def test_pip_install_of_each_extra_asks_for_at_most_one_onnxruntime(extras, expected):
+    assert pip_install_names(*extras) & ONNXRUNTIMES == expected
+
+
+def locked_export(*flags: str) -> subprocess.CompletedProcess:
+    return subprocess.run(
+        [str(ROOT / "scripts" / "uv.sh"), "export", "--frozen", "--no-hashes", "--no-header",
+         "--no-annotate", "--no-emit-project", *flags],
+        cwd=ROOT, capture_output=True, text=True, check=False,
+    )  # fmt: skip
+
+
+@pytest.mark.parametrize(
+    ("extras", "expected"),
+    [
+        ((), set()),
+        (("gpu",), {"onnxruntime-gpu"}),
+        (("cpu",), {"onnxruntime"}),
+        (("train", "gpu"), {"onnxruntime-gpu"}),
+        (("train", "cpu", "dev"), {"onnxruntime"}),
+    ],
+)
+def test_locked_install_of_each_extra_set_resolves_at_most_one_onnxruntime(extras, expected):
+    result = locked_export(*[f for extra in extras for f in ("--extra", extra)])
+    names = {line.split("==")[0].lower() for line in result.stdout.splitlines() if "==" in line}
+    assert (result.returncode, names & ONNXRUNTIMES) == (0, expected), result.stderr
+
+
+def test_uv_refuses_the_cpu_and_gpu_extras_together():
+    result = locked_export("--extra", "cpu", "--extra", "gpu")
+    assert result.returncode != 0 and "incompatible" in result.stderr
 
 
 @pytest.mark.parametrize("stage", SERVING_STAGES)
@@ -239,9 +308,14 @@ def test_image_runs_as_a_numeric_non_root_user(stage):
 
 
 @pytest.mark.parametrize("stage", SERVING_STAGES)
-def test_image_exposes_the_servers_default_grpc_and_metrics_ports(stage):
+def test_image_exposes_the_servers_default_grpc_metrics_and_health_ports(stage):
     exposed = {int(p.split("/")[0]) for c in STAGES[stage].all("EXPOSE") for p in c.value}
-    assert exposed == {Settings().port, Settings().metrics_port}
+    assert exposed == {Settings().port, Settings().metrics_port, DEFAULT_HEALTH_PORT}
+
+
+@pytest.mark.parametrize("stage", SERVING_STAGES)
+def test_image_leaves_the_process_count_to_the_cores_it_may_run_on(stage):
+    assert "VAE_PROCESSES" not in STAGES[stage].env()
 
 
 @pytest.mark.parametrize("stage", SERVING_STAGES)
@@ -316,13 +390,16 @@ def test_dockerignore_keeps_every_file_the_dockerfile_copies():
 # ---------------------------------------------------------------------------- the health check
 
 
-def run_healthcheck(*args: str) -> subprocess.CompletedProcess:
+def run_healthcheck(*args: str, env: dict[str, str] | None = None) -> subprocess.CompletedProcess:
+    """The script as the HEALTHCHECK runs it, with only `env`'s VAE_* variables set."""
+    environment = {k: v for k, v in os.environ.items() if not k.startswith("VAE_")}
     return subprocess.run(
         [sys.executable, str(HEALTHCHECK), *args],
         capture_output=True,
         text=True,
         timeout=60,
         check=False,
+        env={**environment, **(env or {})},
     )
 
 
@@ -336,8 +413,49 @@ def load_healthcheck_module():
     return module
 
 
-def test_healthcheck_default_port_is_the_servers():
-    assert Settings().port == load_healthcheck_module().DEFAULT_PORT
+def test_healthcheck_default_ports_are_the_servers():
+    module = load_healthcheck_module()
+    defaults = (module.DEFAULT_PORT, module.DEFAULT_HEALTH_PORT)
+    assert defaults == (Settings().port, DEFAULT_HEALTH_PORT)
+
+
+@pytest.mark.parametrize(
+    "environment",
+    [
+        {},
+        {"VAE_PORT": "6000"},
+        {"VAE_TLS_CERT": "c.pem"},
+        {"VAE_TLS_CERT": "c.pem", "VAE_HEALTH_PORT": "50060", "VAE_PORT": "6000"},
+        {"VAE_HEALTH_PORT": "50070", "VAE_PORT": "6000"},
+        {"VAE_HEALTH_PORT": "0", "VAE_PORT": "6001"},
+        {"VAE_HEALTH_PORT": "", "VAE_TLS_CERT": ""},
+    ],
+)
+def test_healthcheck_asks_the_plaintext_port_that_the_same_variables_give_the_server(
+    environment, monkeypatch
+):
+    for name in server_env_names():
+        monkeypatch.delenv(name, raising=False)
+    for name, value in environment.items():
+        monkeypatch.setenv(name, value)
+    settings = parse_settings([])
+    expected = settings.resolved_health_port() or settings.port
+    assert load_healthcheck_module().plaintext_port(environment) == expected
+
+
+@pytest.mark.parametrize(
+    ("environment", "fragment"),
+    [
+        ({"VAE_HEALTH_PORT": "abc"}, "VAE_HEALTH_PORT='abc': expected an integer from 0 to 65535"),
+        ({"VAE_PORT": "99999"}, "VAE_PORT='99999': expected an integer from 0 to 65535"),
+        ({"VAE_TLS_CERT": "c.pem", "VAE_HEALTH_PORT": "0"}, "nothing answers a plaintext check"),
+    ],
+)
+def test_healthcheck_reports_a_bad_configuration_as_unhealthy_on_one_line(environment, fragment):
+    # Docker reserves exit status 2 for health checks: every failure is 1.
+    result = run_healthcheck(env=environment)
+    assert (result.returncode, result.stdout.count("\n")) == (1, 1), result.stdout
+    assert fragment in result.stdout
 
 
 def test_healthcheck_asks_for_the_service_the_server_reports():
@@ -346,17 +464,33 @@ def test_healthcheck_asks_for_the_service_the_server_reports():
     assert load_healthcheck_module().DEFAULT_SERVICE == SERVICE_NAME
 
 
-@pytest.fixture
-def not_serving_server() -> Iterator[str]:
-    """A gRPC server whose health service reports vae.v1.VaeService NOT_SERVING, as while draining."""
+@contextmanager
+def health_only_server(status: int) -> Iterator[int]:
+    """A gRPC server with only grpc.health.v1, reporting vae.v1.VaeService as `status`; its port."""
     server = grpc.server(futures.ThreadPoolExecutor(max_workers=2))
     servicer = health.HealthServicer()
-    servicer.set("vae.v1.VaeService", health_pb2.HealthCheckResponse.NOT_SERVING)
+    servicer.set("vae.v1.VaeService", status)
     health_pb2_grpc.add_HealthServicer_to_server(servicer, server)
     port = server.add_insecure_port("127.0.0.1:0")
     server.start()
-    yield f"127.0.0.1:{port}"
-    server.stop(0)
+    try:
+        yield port
+    finally:
+        server.stop(0)
+
+
+@pytest.fixture
+def not_serving_server() -> Iterator[str]:
+    """A health service reporting vae.v1.VaeService NOT_SERVING, as while draining."""
+    with health_only_server(health_pb2.HealthCheckResponse.NOT_SERVING) as port:
+        yield f"127.0.0.1:{port}"
+
+
+def test_healthcheck_asks_the_health_port_when_tls_is_on():
+    with health_only_server(health_pb2.HealthCheckResponse.SERVING) as port:
+        env = {"VAE_TLS_CERT": "/tls/server.pem", "VAE_HEALTH_PORT": str(port), "VAE_PORT": "1"}
+        result = run_healthcheck(env=env)
+    assert (result.returncode, f"127.0.0.1:{port}" in result.stdout) == (0, True), result.stdout
 
 
 @pytest.mark.slow

@@ -9,14 +9,16 @@ from __future__ import annotations
 
 import copy
 import importlib.util
+import math
 import tomllib
 from pathlib import Path
 from typing import Any
 
 import dockerfile
 import pytest
+import yaml
 
-from server.settings import Settings, build_parser, settings_from_args
+from server.settings import Settings, build_parser, parse_settings, settings_from_args
 
 ROOT = Path(__file__).resolve().parent.parent
 OVERLAYS = ("overlays/cpu", "overlays/gpu")
@@ -68,12 +70,32 @@ def server_env_names() -> set[str]:
     }
 
 
+def cpu_cores(quantity: str) -> float:
+    """A Kubernetes CPU quantity ("500m", "2") in cores."""
+    return float(quantity[:-1]) / 1000 if quantity.endswith("m") else float(quantity)
+
+
+def pod_environment(objects: list[dict[str, Any]]) -> dict[str, str]:
+    """The VAE_* variables the server container gets: the ConfigMap's, then the container's own
+    `env` (plain values, and resource fields as the downward API resolves them: rounded up)."""
+    environment = dict(one(objects, "ConfigMap")["data"])
+    container = server_container(objects)
+    for entry in container.get("env", []):
+        if "value" in entry:
+            environment[entry["name"]] = entry["value"]
+        elif "resourceFieldRef" in entry["valueFrom"]:
+            field = entry["valueFrom"]["resourceFieldRef"]
+            kind, resource = field["resource"].split(".")
+            value = cpu_cores(container["resources"][kind][resource]) / cpu_cores(field["divisor"])
+            environment[entry["name"]] = str(math.ceil(value))
+    return environment
+
+
 def configured_settings(objects: list[dict[str, Any]], monkeypatch) -> Settings:
-    """The Settings vae-serve builds inside the pod: the ConfigMap's variables, no flags."""
+    """The Settings vae-serve builds inside the pod: the pod's variables, no flags."""
     for name in server_env_names():
         monkeypatch.delenv(name, raising=False)
-    config = one(objects, "ConfigMap")["data"]
-    for key, value in config.items():
+    for key, value in pod_environment(objects).items():
         monkeypatch.setenv(key, value)
     return settings_from_args(build_parser().parse_args([]))
 
@@ -85,7 +107,7 @@ def container_port(container: dict[str, Any], name: str) -> int:
 # ------------------------------------------------------------------------------ schema validation
 
 
-@pytest.mark.parametrize("kustomization", ["base", "overlays/cpu", "overlays/gpu", "jobs"])
+@pytest.mark.parametrize("kustomization", validator.KUSTOMIZATIONS)
 def test_rendered_objects_are_valid_against_their_schemas(rendered, kustomization):
     errors = [e for obj in rendered[kustomization] for e in validator.validate_object(obj)]
     assert errors == []
@@ -167,9 +189,19 @@ def test_configmap_providers_are_onnxruntime_provider_names(rendered, overlay, m
 
 @pytest.mark.parametrize("overlay", OVERLAYS)
 @pytest.mark.parametrize("probe", PROBES)
-def test_grpc_probe_asks_the_configured_grpc_port(rendered, overlay, probe, monkeypatch):
+def test_grpc_probe_asks_the_plaintext_health_port(rendered, overlay, probe, monkeypatch):
+    # kubelet's gRPC probes speak no TLS: they must not depend on whether VAE_TLS_CERT is set.
     port = server_container(rendered[overlay])[probe]["grpc"]["port"]
-    assert port == configured_settings(rendered[overlay], monkeypatch).port
+    settings = configured_settings(rendered[overlay], monkeypatch)
+    assert (port, settings.resolved_health_port() != 0) == (settings.resolved_health_port(), True)
+
+
+@pytest.mark.parametrize("overlay", OVERLAYS)
+def test_health_port_stays_on_when_tls_is_turned_on(rendered, overlay, monkeypatch):
+    plain = configured_settings(rendered[overlay], monkeypatch).resolved_health_port()
+    monkeypatch.setenv("VAE_TLS_CERT", "/tls/tls.crt")
+    monkeypatch.setenv("VAE_TLS_KEY", "/tls/tls.key")
+    assert parse_settings([]).resolved_health_port() == plain
 
 
 @pytest.mark.parametrize("overlay", OVERLAYS)
@@ -188,11 +220,55 @@ def test_readiness_asks_for_the_vae_service_which_turns_not_serving_on_drain(ren
 
 
 @pytest.mark.parametrize("overlay", OVERLAYS)
-@pytest.mark.parametrize("name", ["grpc", "metrics"])
+@pytest.mark.parametrize("name", ["grpc", "metrics", "health"])
 def test_container_port_is_the_configured_one(rendered, overlay, name, monkeypatch):
     settings = configured_settings(rendered[overlay], monkeypatch)
-    expected = {"grpc": settings.port, "metrics": settings.metrics_port}[name]
+    expected = {
+        "grpc": settings.port,
+        "metrics": settings.metrics_port,
+        "health": settings.resolved_health_port(),
+    }[name]
     assert container_port(server_container(rendered[overlay]), name) == expected
+
+
+def serve_env() -> dict[str, str]:
+    lines = (ROOT / "k8s" / "base" / "serve.env").read_text().splitlines()
+    return dict(line.split("=", 1) for line in lines if line.strip() and not line.startswith("#"))
+
+
+# Values of serve.env that differ from the code's defaults on purpose, and why.
+SERVE_ENV_EXCEPTIONS = {"VAE_REPOSITORY": "where the image and the Deployment mount the repository"}
+
+
+@pytest.mark.parametrize("variable", sorted(serve_env()))
+def test_serve_env_holds_the_codes_defaults(variable, monkeypatch):
+    for name in server_env_names():
+        monkeypatch.delenv(name, raising=False)
+    monkeypatch.setenv(variable, serve_env()[variable])
+    if variable in SERVE_ENV_EXCEPTIONS:
+        assert parse_settings([]) != Settings()
+    else:
+        assert parse_settings([]) == Settings(), f"{variable}={serve_env()[variable]}"
+
+
+def test_serve_env_sets_only_server_variables():
+    assert set(serve_env()) <= server_env_names()
+
+
+@pytest.mark.parametrize(("overlay", "processes"), [("overlays/cpu", 2), ("overlays/gpu", 1)])
+def test_one_server_process_per_requested_core(rendered, overlay, processes, monkeypatch):
+    container = server_container(rendered[overlay])
+    source = {e["name"]: e for e in container["env"]}["VAE_PROCESSES"]["valueFrom"]
+    settings = configured_settings(rendered[overlay], monkeypatch)
+    assert (source["resourceFieldRef"]["resource"], settings.process_count()) == (
+        "requests.cpu",
+        processes,
+    )
+
+
+def test_base_runs_one_process_for_its_fraction_of_a_core(rendered, monkeypatch):
+    # 500m rounds up to one whole core in the downward API.
+    assert configured_settings(rendered["base"], monkeypatch).process_count() == 1
 
 
 @pytest.mark.parametrize("overlay", OVERLAYS)
@@ -387,6 +463,57 @@ def test_disruption_budget_covers_the_server_pods(rendered, overlay):
 def test_autoscaler_scales_the_server_deployment(rendered, overlay):
     target = one(rendered[overlay], "HorizontalPodAutoscaler")["spec"]["scaleTargetRef"]
     assert (target["kind"], target["name"]) == ("Deployment", "vae-serve")
+
+
+def adapter_metric_names() -> set[str]:
+    path = ROOT / "k8s" / "autoscaling" / "prometheus-adapter-rules.yaml"
+    return {rule["name"]["as"] for rule in yaml.safe_load(path.read_text())["rules"]}
+
+
+# Calls in flight per server process that the autoscaler aims at (k8s/base/hpa.yaml says why).
+IN_FLIGHT_PER_PROCESS = 2
+
+
+@pytest.mark.parametrize("overlay", ["base", *OVERLAYS])
+def test_autoscaler_scales_on_calls_in_flight_per_pod_served_by_the_adapter(rendered, overlay):
+    metrics = one(rendered[overlay], "HorizontalPodAutoscaler")["spec"]["metrics"]
+    assert [(m["type"], m["pods"]["metric"]["name"]) for m in metrics] == [
+        ("Pods", "vae_in_flight_requests")
+    ]
+    assert {m["pods"]["metric"]["name"] for m in metrics} <= adapter_metric_names()
+
+
+@pytest.mark.parametrize("overlay", ["base", *OVERLAYS])
+def test_autoscaler_target_is_two_calls_in_flight_per_server_process(
+    rendered, overlay, monkeypatch
+):
+    (metric,) = one(rendered[overlay], "HorizontalPodAutoscaler")["spec"]["metrics"]
+    processes = configured_settings(rendered[overlay], monkeypatch).process_count()
+    assert metric["pods"]["target"] == {
+        "type": "AverageValue",
+        "averageValue": str(IN_FLIGHT_PER_PROCESS * processes),
+    }
+
+
+def test_autoscaling_rule_maps_series_to_namespaces_and_pods(rendered):
+    config = yaml.safe_load(one(rendered["autoscaling"], "ConfigMap")["data"]["config.yaml"])
+    overrides = [r["resources"]["overrides"] for r in config["rules"]]
+    assert overrides == [{"namespace": {"resource": "namespace"}, "pod": {"resource": "pod"}}]
+
+
+def test_autoscaling_rule_is_the_one_in_the_helm_values():
+    folder = ROOT / "k8s" / "autoscaling"
+    rules = yaml.safe_load((folder / "prometheus-adapter-rules.yaml").read_text())["rules"]
+    values = yaml.safe_load((folder / "prometheus-adapter-values.yaml").read_text())
+    assert values["rules"]["custom"] == rules
+
+
+def test_autoscaling_configmap_keeps_the_name_the_adapter_mounts(rendered):
+    config_map = one(rendered["autoscaling"], "ConfigMap")
+    assert (config_map["metadata"]["name"], list(config_map["data"])) == (
+        "prometheus-adapter",
+        ["config.yaml"],
+    )
 
 
 @pytest.mark.parametrize("overlay", OVERLAYS)

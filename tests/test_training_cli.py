@@ -6,7 +6,7 @@ from pathlib import Path
 
 import pytest
 
-from training.cli import build_parser, config_from_args
+from training.cli import ConfigError, build_parser, config_from_args
 from training.models import build_model
 
 CONFIGS = sorted((Path(__file__).resolve().parent.parent / "configs").glob("*.yaml"))
@@ -61,17 +61,32 @@ def test_tuple_field_takes_several_values() -> None:
 def test_unknown_yaml_field_is_named(tmp_path: Path) -> None:
     path = tmp_path / "bad.yaml"
     path.write_text("epochz: 3\n")
-    with pytest.raises(SystemExit, match="epochz"):
+    with pytest.raises(ConfigError, match="epochz"):
         parse("--config", str(path))
 
 
 def test_wrongly_typed_yaml_value_names_field_and_type(tmp_path: Path) -> None:
     path = tmp_path / "bad.yaml"
     path.write_text("epochs: many\n")
-    with pytest.raises(SystemExit, match="'epochs' expects int"):
+    with pytest.raises(ConfigError, match=r"field 'epochs' = 'many': expected an integer"):
         parse("--config", str(path))
 
 
 def test_missing_config_file_is_named(tmp_path: Path) -> None:
-    with pytest.raises(SystemExit, match=r"nope\.yaml does not exist"):
+    with pytest.raises(ConfigError, match=r"nope\.yaml does not exist"):
         parse("--config", str(tmp_path / "nope.yaml"))
+
+
+def test_malformed_yaml_is_refused_on_one_line(tmp_path: Path) -> None:
+    path = tmp_path / "bad.yaml"
+    path.write_text("epochs: [\n")
+    with pytest.raises(ConfigError, match=r"bad\.yaml is not valid YAML") as refused:
+        parse("--config", str(path))
+    assert "\n" not in str(refused.value)
+
+
+def test_yaml_boolean_must_be_a_boolean_word(tmp_path: Path) -> None:
+    path = tmp_path / "bad.yaml"
+    path.write_text("amp: ture\n")
+    with pytest.raises(ConfigError, match="field 'amp' = 'ture': expected a boolean"):
+        parse("--config", str(path))

@@ -1,4 +1,9 @@
-"""`vae-train`: train a model from flags and/or a YAML config; every flag also reads VAE_<FIELD>."""
+"""`vae-train`: train a model from flags and/or a YAML config; every flag also reads VAE_<FIELD>.
+
+A mistake in a flag, a variable or the YAML file exits 2 with one line naming where the value came
+from, the value and what is allowed. Without the `train` extra (the torch-free install) vae-train
+and vae-export say which extra to install instead of raising ModuleNotFoundError.
+"""
 
 from __future__ import annotations
 
@@ -7,41 +12,96 @@ import dataclasses
 import json
 import os
 import sys
+from collections.abc import Callable
 from pathlib import Path
-from typing import Any
+from typing import Any, NoReturn, TypeVar
 
-from training.models import ModelConfig
-from training.train import NonFiniteLoss, TrainConfig, train
+# Top-level modules of the `train` extra (pyproject.toml): vae-train and vae-export need them.
+TRAIN_EXTRA_MODULES = frozenset(
+    {"torch", "torchvision", "onnx", "onnxscript", "onnxconverter_common", "onnxslim", "yaml"}
+    | {"matplotlib", "tqdm", "tensorboard"}
+)
+TRUE_WORDS = ("true", "1", "yes", "on")  # the same words as the server's (server/options.py)
+FALSE_WORDS = ("false", "0", "no", "off")
+
+T = TypeVar("T")
+
+
+class ConfigError(ValueError):
+    """A value in a flag, a VAE_* variable or the YAML config that the field cannot take."""
+
+
+def missing_extra_message(prog: str, exc: ModuleNotFoundError) -> str | None:
+    """The one line to print when `exc` is a module of an extra this install lacks, else None."""
+    root = (exc.name or "").split(".")[0]
+    if root in TRAIN_EXTRA_MODULES:
+        return (
+            f"{prog}: {root} is not installed (this is the torch-free install, for serving); "
+            f"{prog} needs the train extra: pip install 'vae-service[train,cpu]' "
+            "(or from a checkout: uv sync --extra train --extra cpu)"
+        )
+    if root == "onnxruntime":
+        return (
+            f"{prog}: onnxruntime is not installed; the ONNX parity check needs it: "
+            "pip install 'vae-service[train,cpu]' (or [train,gpu])"
+        )
+    return None
+
+
+def import_or_explain(prog: str, load: Callable[[], T]) -> T:
+    """`load()`, or, when it needs a module of an extra that is not installed, exit 2 saying which."""
+    try:
+        return load()
+    except ModuleNotFoundError as exc:
+        message = missing_extra_message(prog, exc)
+        if message is None:
+            raise
+        print(message, file=sys.stderr)
+        raise SystemExit(2) from None
+
+
+class _Parser(argparse.ArgumentParser):
+    def error(self, message: str) -> NoReturn:
+        """argparse's mistakes on one line, without the usage."""
+        self.exit(2, f"{self.prog}: {message.removeprefix('argument ')} (see {self.prog} --help)\n")
 
 
 def _flag(name: str) -> str:
     return "--" + name.replace("_", "-")
 
 
+def _env(name: str) -> str:
+    return "VAE_" + name.upper()
+
+
 def _add_fields(parser: argparse.ArgumentParser, config: object, prefix: str) -> None:
-    """One flag per dataclass field, typed from its default; defaults stay None so we see what was set."""
+    """One flag per dataclass field; values stay raw text (None when absent) until
+    config_from_args converts them, so flags, variables and YAML share one set of messages."""
     group = parser.add_argument_group(prefix or "training")
     for f in dataclasses.fields(config):  # type: ignore[arg-type]
         default = getattr(config, f.name)
         if dataclasses.is_dataclass(default):
             continue
-        env = "VAE_" + f.name.upper()
-        help_text = f"default {default!r} [{env}]"
+        help_text = f"default {default!r} [{_env(f.name)}]"
         if isinstance(default, tuple):
-            group.add_argument(_flag(f.name), type=int, nargs="+", default=None, help=help_text)
+            group.add_argument(_flag(f.name), nargs="+", default=None, help=help_text)
         elif isinstance(default, bool):  # `--resume` alone means true; `--amp false` also works
             group.add_argument(
-                _flag(f.name), type=_boolean, nargs="?", const=True, default=None, help=help_text
+                _flag(f.name), nargs="?", const=True, default=None, metavar="BOOL", help=help_text
             )
         else:
-            group.add_argument(_flag(f.name), type=type(default), default=None, help=help_text)
+            group.add_argument(_flag(f.name), default=None, help=help_text)
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
+    from training.models import ModelConfig
+    from training.train import TrainConfig
+
+    parser = _Parser(
         prog="vae-train",
         description="Train an autoencoder or VAE and write checkpoints, logs and figures to a run "
-        "directory. Precedence: flags, then VAE_* variables, then --config, then defaults.",
+        "directory. Precedence: flags, then VAE_* variables, then --config, then defaults. "
+        "Booleans take true/false, 1/0, yes/no or on/off.",
     )
     parser.add_argument("--config", type=Path, default=None, help="YAML file of fields to set")
     _add_fields(parser, TrainConfig(), "")
@@ -50,47 +110,72 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def _boolean(value: str) -> bool:
-    lowered = value.lower()
-    if lowered not in ("1", "true", "yes", "on", "0", "false", "no", "off"):
-        raise argparse.ArgumentTypeError(f"{value!r} is not a boolean; use true or false")
-    return lowered in ("1", "true", "yes", "on")
+    lowered = value.strip().lower()
+    if lowered not in TRUE_WORDS + FALSE_WORDS:
+        raise ValueError("expected a boolean: true, false, 1, 0, yes, no, on or off")
+    return lowered in TRUE_WORDS
 
 
-def _coerce(value: Any, default: Any, name: str) -> Any:
-    """A YAML, environment or flag value as the type of the field's default, or a clear error."""
-    try:
-        if isinstance(default, tuple):
-            if isinstance(value, str):
-                value = value.replace(",", " ").split()
-            return tuple(int(v) for v in value)
-        if isinstance(default, bool):
-            return value if isinstance(value, bool) else _boolean(str(value))
-        if isinstance(default, float) and isinstance(value, int):
+def _convert(value: Any, default: Any) -> Any:
+    """`value` (text, or a YAML scalar or list) as the type of the field's default."""
+    if isinstance(default, tuple):
+        items = value.replace(",", " ").split() if isinstance(value, str) else value
+        try:
+            if not isinstance(items, list | tuple) or not items:
+                raise ValueError
+            return tuple(_convert(item, 0) for item in items)
+        except ValueError:
+            raise ValueError("expected one or more integers") from None
+    if isinstance(default, bool):
+        return value if isinstance(value, bool) else _boolean(str(value))
+    if isinstance(default, int):
+        if isinstance(value, bool) or (isinstance(value, float) and not value.is_integer()):
+            raise ValueError("expected an integer")
+        try:
+            return int(value.strip() if isinstance(value, str) else value)
+        except (TypeError, ValueError):
+            raise ValueError("expected an integer") from None
+    if isinstance(default, float):
+        try:
+            if isinstance(value, bool):
+                raise ValueError
             return float(value)
-        if isinstance(value, type(default)):
-            return value
-        return type(default)(value)
-    except (TypeError, ValueError, argparse.ArgumentTypeError) as exc:
-        raise SystemExit(
-            f"vae-train: field {name!r} expects {type(default).__name__} like {default!r}, got "
-            f"{value!r} ({exc})"
-        ) from exc
+        except (TypeError, ValueError):
+            raise ValueError("expected a number") from None
+    if not isinstance(value, str | int | float) or isinstance(value, bool):
+        raise ValueError("expected text")
+    return str(value)
 
 
-def config_from_args(args: argparse.Namespace) -> TrainConfig:
-    """Merge defaults < YAML < environment < flags into a TrainConfig."""
+def _coerce(value: Any, default: Any, where: str) -> Any:
+    try:
+        return _convert(value, default)
+    except ValueError as exc:
+        if isinstance(default, bool):
+            raise ConfigError(f"{where}: {exc}") from None
+        example = " ".join(map(str, default)) if isinstance(default, tuple) else repr(default)
+        raise ConfigError(f"{where}: {exc} (like {example})") from None
+
+
+def config_from_args(args: argparse.Namespace) -> Any:
+    """Merge defaults < YAML < environment < flags into a TrainConfig; ConfigError on a mistake."""
+    from training.models import ModelConfig
+    from training.train import TrainConfig
+
     layers: dict[str, Any] = {}
     model_layers: dict[str, Any] = {}
     if args.config is not None:
         import yaml
 
         if not args.config.is_file():
-            raise SystemExit(f"vae-train: config file {args.config} does not exist")
-        loaded = yaml.safe_load(args.config.read_text()) or {}
+            raise ConfigError(f"config file {args.config} does not exist")
+        try:
+            loaded = yaml.safe_load(args.config.read_text()) or {}
+        except yaml.YAMLError as exc:
+            problem = " ".join(str(exc).split())  # one line
+            raise ConfigError(f"{args.config} is not valid YAML: {problem}") from None
         if not isinstance(loaded, dict):
-            raise SystemExit(
-                f"vae-train: {args.config} must hold a mapping of field names to values"
-            )
+            raise ConfigError(f"{args.config} must hold a mapping of field names to values")
         model_layers.update(loaded.pop("model", {}) or {})
         layers.update(loaded)
     values = vars(args)
@@ -100,32 +185,39 @@ def config_from_args(args: argparse.Namespace) -> TrainConfig:
             if dataclasses.is_dataclass(default):
                 continue
             if f.name in target:
-                target[f.name] = _coerce(target[f.name], default, f.name)
-            env = os.environ.get("VAE_" + f.name.upper())
-            if env is not None:
-                target[f.name] = _coerce(env, default, f.name)
-            if values.get(f.name) is not None:
-                target[f.name] = values[f.name]
+                where = f"{args.config}: field {f.name!r} = {target[f.name]!r}"
+                target[f.name] = _coerce(target[f.name], default, where)
+            env = os.environ.get(_env(f.name), "")
+            if env.strip():  # set but empty counts as unset
+                where = f"{_env(f.name)}={env!r} (for {_flag(f.name)})"
+                target[f.name] = _coerce(env, default, where)
+            given = values.get(f.name)
+            if given is not None:
+                shown = " ".join(given) if isinstance(given, list) else given
+                where = _flag(f.name) if given is True else f"{_flag(f.name)} {shown!r}"
+                target[f.name] = _coerce(given, default, where)
     known_train = {f.name for f in dataclasses.fields(TrainConfig)}
     known_model = {f.name for f in dataclasses.fields(ModelConfig)}
     unknown = (set(layers) - known_train) | (set(model_layers) - known_model)
     if unknown:
-        raise SystemExit(
-            f"vae-train: unknown config fields {sorted(unknown)}; training fields are "
+        raise ConfigError(
+            f"unknown config fields {sorted(unknown)}; training fields are "
             f"{sorted(known_train - {'model'})}, model fields (under 'model:') are {sorted(known_model)}"
         )
     model = ModelConfig.from_dict({**ModelConfig().to_dict(), **model_layers})
     return TrainConfig(**layers, model=model)
 
 
-def main(argv: list[str] | None = None) -> int:
-    argv = sys.argv[1:] if argv is None else argv
-    if argv[:1] == ["experiment"]:  # `vae-train experiment <study> ...`: the studies of reports/
-        from training.experiments.runner import main as run_experiment
+def _train(argv: list[str]) -> int:
+    from training.train import NonFiniteLoss, train
 
-        return run_experiment(argv[1:])
-    args = build_parser().parse_args(argv)
-    config = config_from_args(args)
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    try:
+        config = config_from_args(args)
+    except ConfigError as exc:
+        print(f"vae-train: {exc}", file=sys.stderr)
+        return 2
     try:
         summary = train(config)
     except NonFiniteLoss as exc:
@@ -136,6 +228,19 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     print(json.dumps(summary, indent=2))
     return 0
+
+
+def _experiment(argv: list[str]) -> int:
+    from training.experiments.runner import main as run_experiment
+
+    return run_experiment(argv)
+
+
+def main(argv: list[str] | None = None) -> int:
+    argv = sys.argv[1:] if argv is None else argv
+    if argv[:1] == ["experiment"]:  # `vae-train experiment <study> ...`: the studies of reports/
+        return import_or_explain("vae-train", lambda: _experiment(argv[1:]))
+    return import_or_explain("vae-train", lambda: _train(argv))
 
 
 if __name__ == "__main__":
