@@ -48,6 +48,9 @@ log = logging.getLogger(__name__)
 SERVICE_NAME = vae_pb2.DESCRIPTOR.services_by_name["VaeService"].full_name  # "vae.v1.VaeService"
 HEALTH_SERVICE = "grpc.health.v1.Health"
 GPU_PROVIDERS = ("CUDAExecutionProvider", "TensorrtExecutionProvider")
+# A drain stops the transport once no call has started for this long (calls already in the
+# transport's queue reach a handler within milliseconds).
+DRAIN_QUIET_SECONDS = 0.25
 
 
 class StartupError(RuntimeError):
@@ -357,15 +360,18 @@ class VaeServer:
             log.info("draining: NOT_SERVING, refusing new calls in %.1fs", delay)
             await asyncio.sleep(delay)
         self.servicer.draining = True  # new calls: UNAVAILABLE, which clients may retry elsewhere
-        active = self.servicer.calls.active
-        log.info("draining: %d call(s) in flight, waiting up to %.1fs for them", active, grace)
+        calls = self.servicer.calls
+        log.info(
+            "draining: %d call(s) in flight, waiting up to %.1fs for them", calls.active, grace
+        )
         deadline = time.monotonic() + grace
-        try:
-            await asyncio.wait_for(self.servicer.calls.idle(), grace)
-        except TimeoutError:
+        # Stop the transport only once every accepted call has ended and no more are arriving: its
+        # shutdown cancels calls it has received but not yet handed to a handler.
+        await calls.quiet(DRAIN_QUIET_SECONDS, deadline)
+        if calls.active:
             log.warning(
                 "draining: %d call(s) still running after %.1fs; cancelling them",
-                self.servicer.calls.active,
+                calls.active,
                 grace,
             )
         await self.watcher.stop()

@@ -8,6 +8,7 @@ import functools
 import itertools
 import logging
 import os
+import time
 from collections.abc import Awaitable, Callable
 from typing import TypeVar
 
@@ -94,11 +95,13 @@ class CallTracker:
 
     def __init__(self) -> None:
         self.active = 0
+        self.last_started = 0.0  # time.monotonic() of the latest call's start
         self._idle = asyncio.Event()
         self._idle.set()
 
     def enter(self) -> None:
         self.active += 1
+        self.last_started = time.monotonic()
         self._idle.clear()
 
     def leave(self) -> None:
@@ -108,6 +111,23 @@ class CallTracker:
 
     async def idle(self) -> None:
         await self._idle.wait()
+
+    async def quiet(self, seconds: float, deadline: float) -> None:
+        """Wait until no call has started for `seconds` and none is running, or until `deadline`
+        (time.monotonic()). Calls the transport had already received when the drain began reach a
+        handler within milliseconds and are answered (UNAVAILABLE once refusing) instead of being
+        cancelled by the transport's shutdown."""
+        while time.monotonic() < deadline:
+            since = time.monotonic() - self.last_started
+            if self.active == 0 and since >= seconds:
+                return
+            if self.active:
+                try:
+                    await asyncio.wait_for(self.idle(), deadline - time.monotonic())
+                except TimeoutError:
+                    return
+            else:
+                await asyncio.sleep(min(seconds - since, deadline - time.monotonic()))
 
 
 class VaeServicer(vae_pb2_grpc.VaeServiceServicer):

@@ -56,6 +56,7 @@ def serve_process(repository: Path, tmp_path: Path, *flags: str) -> Iterator[Ser
         f"--metrics-port={metrics_port}",
         "--providers=CPUExecutionProvider",
         "--reload-interval-seconds=0",
+        "--processes=2",  # the default on a 2-core machine; pinned so more cores change nothing
         *flags,
     ]
     with open(log, "w") as stderr:

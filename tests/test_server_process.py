@@ -30,6 +30,8 @@ def start_server(repository: Path, *extra: str) -> tuple[subprocess.Popen, str]:
             "0",
             "--providers",
             "CPUExecutionProvider",
+            "--processes",
+            "2",
             *extra,
         ],
         stdout=subprocess.PIPE,
