@@ -297,3 +297,19 @@ def test_a_cancelled_calls_rows_are_dropped_from_the_batch(repository: Path):
         wait_until(lambda: metric(server, "vae_requests_total", **cancelled) == 1, what="cancel")
         stub.Sample(sample_request(count=1), timeout=30)
         assert metric(server, "vae_batch_size_sum", **labels) - rows_before == 1
+
+
+def test_a_deadline_that_passes_in_the_queue_is_deadline_exceeded_and_counted(repository: Path):
+    # The batch waits 2 s for company; the caller gives up after 0.3 s.
+    config = settings(repository, BatchingConfig(max_batch_size=64, max_queue_delay_ms=2000))
+    labels = {"rpc": "Sample", "model": "tiny-vae", "code": "DEADLINE_EXCEEDED"}
+    with running_server(config) as server, stub_for(server) as stub:
+        with pytest.raises(grpc.RpcError) as late:
+            stub.Sample(sample_request(count=3), timeout=0.3)
+        wait_until(lambda: metric(server, "vae_requests_total", **labels) == 1, what="counted")
+        # Its rows left the queue with it: the next batch holds only the next caller's row.
+        rows_before = metric(server, "vae_batch_size_sum", model="tiny-vae", component="decoder")
+        stub.Sample(sample_request(count=1), timeout=30)
+        rows = metric(server, "vae_batch_size_sum", model="tiny-vae", component="decoder")
+    assert late.value.code() == grpc.StatusCode.DEADLINE_EXCEEDED
+    assert rows - rows_before == 1
