@@ -310,12 +310,21 @@ def test_configmap_repository_is_where_the_image_expects_it(rendered, overlay):
     )
 
 
-@pytest.mark.parametrize("overlay", OVERLAYS)
+@pytest.mark.parametrize("overlay", [o for o in OVERLAYS if o != "overlays/cpu"])
 def test_onnxruntime_threads_follow_the_containers_own_cpu_limit(rendered, overlay):
     container = server_container(rendered[overlay])
     env = {e["name"]: e for e in container["env"]}
     source = env["VAE_INTRA_OP_THREADS"]["valueFrom"]["resourceFieldRef"]
     assert (source["containerName"], source["resource"]) == (container["name"], "limits.cpu")
+
+
+def test_cpu_pods_run_one_onnxruntime_thread_per_process_on_as_many_whole_cores(rendered):
+    container = server_container(rendered["overlays/cpu"])
+    env = {e["name"]: e for e in container["env"]}
+    resources = container["resources"]
+    assert env["VAE_INTRA_OP_THREADS"]["value"] == "1"
+    assert env["VAE_PROCESSES"]["valueFrom"]["resourceFieldRef"]["resource"] == "requests.cpu"
+    assert resources["requests"]["cpu"] == resources["limits"]["cpu"] == "2"
 
 
 @pytest.mark.parametrize("overlay", OVERLAYS)
