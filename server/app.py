@@ -287,7 +287,10 @@ class VaeServer:
 
     async def _start_grpc(self) -> int:
         shared = self.states is not None
-        self._grpc = grpc.aio.server(options=grpc_options(self.settings, shared))
+        self._grpc = grpc.aio.server(
+            options=grpc_options(self.settings, shared),
+            maximum_concurrent_rpcs=self.settings.max_concurrent_rpcs,
+        )
         vae_pb2_grpc.add_VaeServiceServicer_to_server(self.servicer, self._grpc)
         health_pb2_grpc.add_HealthServicer_to_server(self.health, self._grpc)
         names = (SERVICE_NAME, HEALTH_SERVICE, reflection.SERVICE_NAME, reflection_v1.SERVICE_NAME)

@@ -55,9 +55,9 @@ class Settings:
     # Server processes sharing the gRPC port; one process is bound by Python's GIL near one core.
     # 0: one per core this process may run on (see process_count()).
     processes: int = 0
-    # gRPC handler threads. A handler blocks while its rows wait in a batch, so this caps how many
-    # requests one batch can merge; threads waiting on a future cost little (measured, BENCHMARKS.md).
-    workers: int = 128
+    # Calls one process handles at once (grpc.aio's maximum_concurrent_rpcs); beyond it a call gets
+    # RESOURCE_EXHAUSTED at once. Handlers are coroutines, so a waiting call costs a few kilobytes.
+    max_concurrent_rpcs: int = 1024
     providers: tuple[str, ...] = DEFAULT_PROVIDERS
     intra_op_threads: int = 0
     inter_op_threads: int = 0
@@ -160,7 +160,12 @@ _OPTIONS: list[tuple[str, str, opt.Convert, str]] = [
         opt.integer(0),
         "server processes sharing the gRPC port (0: one per core this process may run on)",
     ),
-    ("--workers", "workers", opt.integer(1), "gRPC handler threads"),
+    (
+        "--max-concurrent-rpcs",
+        "max_concurrent_rpcs",
+        opt.integer(1),
+        "calls one process handles at once; beyond it RESOURCE_EXHAUSTED",
+    ),
     (
         "--intra-op-threads",
         "intra_op_threads",

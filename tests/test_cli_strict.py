@@ -62,7 +62,7 @@ REFUSED = [
     ("vae-serve", [], {"VAE_REQUIRE_GPU": "ture"}, ["VAE_REQUIRE_GPU='ture'", "true, false"]),
     ("vae-serve", [], {"VAE_BATCHING": "maybe"}, ["VAE_BATCHING='maybe'", "yes, no"]),
     ("vae-serve", [], {"VAE_TENSORRT": "enabled"}, ["VAE_TENSORRT='enabled'", "on or off"]),
-    ("vae-serve", ["--workers", "0"], {}, ["--workers '0'", "at least 1"]),
+    ("vae-serve", ["--max-concurrent-rpcs", "0"], {}, ["--max-concurrent-rpcs '0'", "at least 1"]),
     ("vae-serve", ["--processes", "-1"], {}, ["--processes '-1'", "at least 0"]),
     ("vae-serve", [], {"VAE_PROCESSES": "two"}, ["VAE_PROCESSES='two'", "integer"]),
     ("vae-serve", ["--grace-seconds", "-1"], {}, ["--grace-seconds '-1'", "at least 0"]),

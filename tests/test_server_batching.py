@@ -313,3 +313,20 @@ def test_a_deadline_that_passes_in_the_queue_is_deadline_exceeded_and_counted(re
         rows = metric(server, "vae_batch_size_sum", model="tiny-vae", component="decoder")
     assert late.value.code() == grpc.StatusCode.DEADLINE_EXCEEDED
     assert rows - rows_before == 1
+
+
+def test_calls_over_the_concurrency_limit_are_refused_at_once(repository: Path):
+    config = settings(
+        repository,
+        BatchingConfig(max_batch_size=64, max_queue_delay_ms=3000),
+        max_concurrent_rpcs=2,
+    )
+    with running_server(config) as server, stub_for(server) as stub:
+        held = [stub.Sample.future(sample_request(seed=i), timeout=30) for i in range(2)]
+        wait_until(
+            lambda: metric(server, "vae_in_flight_requests") == 2, what="two calls in flight"
+        )
+        with pytest.raises(grpc.RpcError) as refused:
+            stub.Sample(sample_request(seed=9), timeout=5)
+        assert [f.result().seed for f in held] == [0, 1]
+    assert refused.value.code() == grpc.StatusCode.RESOURCE_EXHAUSTED
