@@ -137,6 +137,13 @@ def main() -> int:
     parser.add_argument("--duration", type=float, default=4.0, help="measured seconds per visit")
     parser.add_argument("--rounds", type=int, default=3)
     parser.add_argument("--client-processes", type=int, default=1)
+    parser.add_argument(
+        "--connections",
+        type=int,
+        default=8,
+        help="TCP connections the load generator spreads its callers over (as separate clients "
+        "would; one connection reaches one of vae-serve's processes only)",
+    )
     parser.add_argument("--serve-flags", default="", help="extra vae-serve flags, space-separated")
     parser.add_argument("--baseline-checkout", type=Path, default=None)
     parser.add_argument("--output", type=Path, default=Path("benchmarks/results"))
@@ -176,6 +183,7 @@ def main() -> int:
                         args, f"--address=127.0.0.1:{info['port']}", f"--samples={samples}",
                         f"--concurrency={concurrency}", f"--format={image_format}",
                         f"--client-processes={args.client_processes}",
+                        f"--connections={args.connections}",
                     )  # fmt: skip
                     wall = result["duration_s"] + 1.0  # warm-up included in the CPU reading
                     result["server_cores"] = round((cpu_seconds(info["pid"]) - before) / wall, 2)
@@ -246,6 +254,7 @@ def main() -> int:
             "rounds": args.rounds,
             "duration_s": args.duration,
             "client_processes": args.client_processes,
+            "connections": args.connections,
             "serve_flags": args.serve_flags,
             "baseline": str(args.baseline_checkout or ""),
         },

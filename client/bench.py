@@ -51,6 +51,9 @@ def _channel(args: argparse.Namespace) -> grpc.aio.Channel:
     options = [
         ("grpc.max_receive_message_length", 256 << 20),
         ("grpc.max_send_message_length", 256 << 20),
+        # Channels to one address share a connection through gRPC's global subchannel pool; a local
+        # pool gives each channel its own, as separate clients would have.
+        ("grpc.use_local_subchannel_pool", 1),
     ]
     if args.tls_ca:
         credentials = grpc.ssl_channel_credentials(Path(args.tls_ca).read_bytes())
@@ -104,13 +107,16 @@ METHOD_PATHS = {
 
 
 async def _drive(args: argparse.Namespace, first_worker: int, workers: int) -> dict:
-    """`workers` closed-loop callers on one channel; raw bytes both ways, so the client parses no
-    responses (a load generator should spend the cores on load, not on decoding answers)."""
-    async with _channel(args) as channel:
-        stub = vae_pb2_grpc.VaeServiceStub(channel)
+    """`workers` closed-loop callers spread over `--connections` channels (each its own TCP
+    connection); raw bytes both ways, so the client parses no responses (a load generator should
+    spend the cores on load, not on decoding answers)."""
+    channels = [_channel(args) for _ in range(max(1, min(args.connections, workers)))]
+    try:
+        stub = vae_pb2_grpc.VaeServiceStub(channels[0])
         ref = vae_pb2.ModelRef(name=args.model)
         info = await stub.GetModelInfo(vae_pb2.GetModelInfoRequest(model=ref), timeout=args.timeout)
-        call = channel.unary_unary(METHOD_PATHS[args.rpc])  # no serialisers: bytes in, bytes out
+        # No serialisers: bytes in, bytes out.
+        calls = [channel.unary_unary(METHOD_PATHS[args.rpc]) for channel in channels]
         latencies: list[float] = []
         errors: Counter[str] = Counter()
         received = [0]
@@ -119,6 +125,7 @@ async def _drive(args: argparse.Namespace, first_worker: int, workers: int) -> d
 
         async def worker(w: int) -> None:
             payloads = _requests(args, info, w)
+            call = calls[w % len(calls)]
             i = 0
             while time.perf_counter() < stop_at:
                 start = time.perf_counter()
@@ -137,6 +144,9 @@ async def _drive(args: argparse.Namespace, first_worker: int, workers: int) -> d
         measuring, begin = True, time.perf_counter()
         await asyncio.gather(*tasks)
         seconds = time.perf_counter() - begin
+    finally:
+        for channel in channels:
+            await channel.close()
     return {
         "latencies": latencies,
         "errors": dict(errors),
@@ -227,6 +237,7 @@ def _describe(args: argparse.Namespace) -> dict:
         "samples_per_request": args.samples,
         "format": args.format,
         "client_processes": 1 if args.in_process else args.client_processes,
+        "connections": 1 if args.in_process else args.connections,
         "warmup_s": args.warmup,
     }
 
@@ -248,6 +259,12 @@ def build_parser() -> StrictParser:
     parser.option("--timeout", opt.number(above=0), 30.0, "deadline per call, seconds")
     parser.option(
         "--format", opt.choice(*FORMATS), "float32", "how Sample and Decode return images"
+    )
+    parser.option(
+        "--connections",
+        opt.integer(1),
+        1,
+        "TCP connections the callers share out (each its own channel), as separate clients",
     )
     parser.option(
         "--client-processes",
