@@ -23,6 +23,7 @@ from grpc_reflection.v1alpha import reflection
 from prometheus_client import start_http_server
 
 from server import reflection_v1
+from server.calls import CallRunner
 from server.executor import ModelExecutor
 from server.health import (
     DRAINING,
@@ -101,7 +102,9 @@ class VaeServer:
             close_executor=self._close_executor,
         )
         self.plane = DataPlane(self.store, settings.limits, self.metrics)
-        self.servicer = VaeServicer(self.store, self.plane, self.metrics)
+        # One CallRunner for every servicer: the drain refuses and waits for the calls of all of them.
+        self.calls = CallRunner(self.metrics)
+        self.servicer = VaeServicer(self.store, self.plane, self.metrics, self.calls)
         self.health = HealthServicer(states)
         self._grpc: grpc.aio.Server | None = None
         self._health_grpc: grpc.aio.Server | None = None
@@ -183,7 +186,7 @@ class VaeServer:
         self.metrics.set_loaded_models(
             [(rt.metadata.name, rt.metadata.version, rt.provider) for rt in runtimes]
         )
-        if self.servicer.draining or self._grpc is None:
+        if self.calls.draining or self._grpc is None:
             return
         serving = set(self.store.names())
         await self.health.set_many([model_health_name(n) for n in serving], SERVING)
@@ -356,16 +359,16 @@ class VaeServer:
             # Keep answering while load balancers notice NOT_SERVING and stop sending calls.
             log.info("draining: NOT_SERVING, refusing new calls in %.1fs", delay)
             await asyncio.sleep(delay)
-        self.servicer.draining = True  # new calls: UNAVAILABLE, which clients may retry elsewhere
-        active = self.servicer.calls.active
+        self.calls.draining = True  # new calls: UNAVAILABLE, which clients may retry elsewhere
+        active = self.calls.tracker.active
         log.info("draining: %d call(s) in flight, waiting up to %.1fs for them", active, grace)
         deadline = time.monotonic() + grace
         try:
-            await asyncio.wait_for(self.servicer.calls.idle(), grace)
+            await asyncio.wait_for(self.calls.tracker.idle(), grace)
         except TimeoutError:
             log.warning(
                 "draining: %d call(s) still running after %.1fs; cancelling them",
-                self.servicer.calls.active,
+                self.calls.tracker.active,
                 grace,
             )
         await self.watcher.stop()
