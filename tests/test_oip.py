@@ -3,6 +3,8 @@ every v2 call, answers equal to vae.v1's, and each bad input with its status cod
 
 from __future__ import annotations
 
+import threading
+
 import grpc
 import numpy as np
 import pytest
@@ -12,7 +14,7 @@ from tritonclient.grpc import service_pb2, service_pb2_grpc
 
 from server.codecs import tensor_to_numpy, tensor_to_proto
 from server.proto_gen.vae.v1 import vae_pb2, vae_pb2_grpc
-from tests.server_helpers import metric, running_server, settings
+from tests.server_helpers import metric, running_server, settings, wait_until
 
 DIM = 8  # the tiny models' latent size (tests/conftest.py)
 IMAGE = (1, 28, 28)
@@ -527,3 +529,15 @@ def test_calls_while_draining_get_unavailable_like_vae_v1(repository):
         server.calls.draining = False
     assert status == "StatusCode.UNAVAILABLE"
     assert "server is shutting down; retry against another replica" in text
+
+
+def test_readiness_turns_false_as_soon_as_the_drain_starts(repository):
+    with running_server(settings(repository, drain_delay_seconds=3.0)) as server:
+        with tc.InferenceServerClient(f"127.0.0.1:{server.port}") as client:
+            assert client.is_server_ready() and client.is_model_ready("tiny-vae-decoder")
+            stopper = threading.Thread(target=server.stop)
+            stopper.start()
+            wait_until(lambda: not client.is_server_ready(), timeout=2.5, what="ServerReady false")
+            assert not client.is_model_ready("tiny-vae-decoder")
+            assert client.is_server_live()  # still answering during --drain-delay-seconds
+        stopper.join()
