@@ -19,9 +19,11 @@ import numpy as np
 from server import options as opt
 from server.codecs import tensor_to_proto
 from server.options import StrictParser
+from server.proto_gen.inference import grpc_service_pb2 as oip_pb2
 from server.proto_gen.vae.v1 import vae_pb2, vae_pb2_grpc
 
-RPCS = ("sample", "decode", "encode", "info")
+# v2-decode: the Decode load through the Open Inference Protocol (ModelInfer of <model>-decoder).
+RPCS = ("sample", "decode", "encode", "info", "v2-decode")
 
 
 def summarise(latencies: list[float], errors: Counter[str], seconds: float, **info: Any) -> dict:
@@ -92,6 +94,17 @@ def _requests(args: argparse.Namespace, info: vae_pb2.ModelInfo, worker: int) ->
             model=ref, latents=latents, labels=labels, format=image_format
         )
         return [request.SerializeToString()]
+    if args.rpc == "v2-decode":
+        rng = np.random.default_rng(worker)
+        infer = oip_pb2.ModelInferRequest(model_name=f"{args.model}-decoder")
+        infer.inputs.add(name="latent", datatype="FP32", shape=[n, info.latent_dim])
+        infer.raw_input_contents.append(
+            rng.standard_normal((n, info.latent_dim), dtype=np.float32).tobytes()
+        )
+        if info.num_classes:
+            infer.inputs.add(name="label", datatype="INT64", shape=[n])
+            infer.raw_input_contents.append(np.zeros(n, np.int64).tobytes())
+        return [infer.SerializeToString()]
     if args.rpc == "encode":
         images = tensor_to_proto(np.zeros((n, *info.image_shape), dtype=np.float32))
         return [vae_pb2.EncodeRequest(model=ref, images=images, labels=labels).SerializeToString()]
@@ -103,6 +116,7 @@ METHOD_PATHS = {
     "decode": "/vae.v1.VaeService/Decode",
     "encode": "/vae.v1.VaeService/Encode",
     "info": "/vae.v1.VaeService/GetModelInfo",
+    "v2-decode": "/inference.GRPCInferenceService/ModelInfer",
 }
 
 

@@ -4,12 +4,16 @@ Kubernetes kinds are checked against the OpenAPI schemas that kubernetes-validat
 an unknown field is an error), for the oldest and the newest Kubernetes version we support; the
 ServiceMonitor and the PrometheusRule against the Prometheus Operator's CRDs, through cloudcoil's
 models of them, and the PrometheusRule's rules with `promtool check rules` (Debian package
-`prometheus`). An object of a kind with no schema here is an error too, so nothing passes unchecked.
-Run with `make validate-k8s`.
+`prometheus`); KServe's ServingRuntime and InferenceService as `validate_kserve` describes. An object
+of a kind with no schema here is an error too, so nothing passes unchecked. Run with
+`make validate-k8s`.
 """
 
 from __future__ import annotations
 
+import importlib.resources
+import json
+import re
 import shutil
 import subprocess
 import sys
@@ -25,7 +29,15 @@ from kubernetes_validate.utils import SchemaNotFoundError
 ROOT = Path(__file__).resolve().parent.parent
 K8S = ROOT / "k8s"
 # Every kustomization a user may apply; base is rendered too, since the overlays are built on it.
-KUSTOMIZATIONS = ("base", "overlays/cpu", "overlays/gpu", "jobs", "monitoring", "autoscaling")
+KUSTOMIZATIONS = (
+    "base",
+    "overlays/cpu",
+    "overlays/gpu",
+    "jobs",
+    "monitoring",
+    "autoscaling",
+    "kserve",
+)
 # Native gRPC probes are GA from 1.27; 1.29 is the oldest release still maintained by most vendors.
 KUBERNETES_VERSIONS = ("1.29", kubernetes_validate.utils.latest_version())
 
@@ -116,6 +128,197 @@ def validate_operator_object(obj: dict[str, Any]) -> list[str]:
     return []
 
 
+# --- KServe ---------------------------------------------------------------------------------------
+# KServe's CRDs are not among kubernetes-validate's schemas. What follows is derived from KServe
+# v0.20.0's CRDs (config/crd/full/serving.kserve.io_servingruntimes.yaml and
+# serving.kserve.io_inferenceservices.yaml in kserve/kserve) and its protocol constants
+# (pkg/constants). Checked: the field names of each spec (an unknown one is an error, as in the strict
+# Kubernetes checks), the types and allowed values of KServe's own fields, and every embedded
+# Kubernetes type (containers with their probes, ports and env, volumes, the predictor's pod fields,
+# metadata) against Kubernetes' own schemas, by validating them as the Pod KServe would build.
+# Not checked: the inside of KServe objects these manifests do not use (builtInAdapter, workerSpec,
+# storageHelper, logger, batcher, autoScaling, deploymentStrategy, the transformer and explainer, the
+# framework shorthands such as sklearn), and what only KServe's admission webhook knows (whether the
+# runtime named exists in the cluster); tests/test_deploy_k8s.py checks that the two agree here.
+
+KSERVE_PROTOCOLS = ("v1", "v2", "grpc-v1", "grpc-v2")
+KSERVE_NAME = re.compile(r"^[a-z]([-a-z0-9]*[a-z0-9])?$")
+# ServingRuntimeSpec's own fields (JSON types), beside the pod fields it shares with a PodSpec.
+RUNTIME_FIELDS: dict[str, type] = {
+    "supportedModelFormats": list,
+    "protocolVersions": list,
+    "multiModel": bool,
+    "disabled": bool,
+    "annotations": dict,
+    "labels": dict,
+    "replicas": int,
+    "grpcEndpoint": str,
+    "grpcDataEndpoint": str,
+    "httpDataEndpoint": str,
+    "storageHelper": dict,
+    "builtInAdapter": dict,
+    "workerSpec": dict,
+}
+RUNTIME_POD_FIELDS = (
+    "containers",
+    "volumes",
+    "nodeSelector",
+    "affinity",
+    "tolerations",
+    "imagePullSecrets",
+    "hostIPC",
+    "schedulerName",
+    "resourceClaims",
+)
+# The predictor's shorthands for KServe's built-in runtimes (not used here).
+FRAMEWORKS = (
+    "huggingface",
+    "lightgbm",
+    "onnx",
+    "paddle",
+    "pmml",
+    "pytorch",
+    "sklearn",
+    "tensorflow",
+    "triton",
+    "xgboost",
+)
+# PredictorSpec's own fields; every other field it allows is a PodSpec field.
+PREDICTOR_FIELDS: dict[str, type] = {
+    "model": dict,
+    "minReplicas": int,
+    "maxReplicas": int,
+    "scaleTarget": int,
+    "scaleMetric": str,
+    "scaleMetricType": str,
+    "containerConcurrency": int,
+    "timeout": int,
+    "canaryTrafficPercent": int,
+    "annotations": dict,
+    "labels": dict,
+    "deploymentStrategy": dict,
+    "autoScaling": dict,
+    "batcher": dict,
+    "logger": dict,
+    "storageUris": list,
+    "storageContainerName": str,
+    "workerSpec": dict,
+    "name": str,
+    **dict.fromkeys(FRAMEWORKS, dict),
+}
+PREDICTOR_ENUMS = {
+    "scaleMetric": ("cpu", "memory", "concurrency", "rps"),
+    "scaleMetricType": ("Utilization", "Value", "AverageValue"),
+}
+# ModelSpec: a Kubernetes Container plus these.
+MODEL_FIELDS: dict[str, type] = {
+    "modelFormat": dict,
+    "runtime": str,
+    "runtimeVersion": str,
+    "protocolVersion": str,
+    "storageUri": str,
+    "storage": dict,
+    "confidential": dict,
+}
+INFERENCE_SERVICE_FIELDS = ("predictor", "transformer", "explainer", "canary")
+
+
+def pod_spec_fields(version: str) -> set[str]:
+    """The field names of a Kubernetes PodSpec, from the schemas kubernetes-validate bundles."""
+    folder = importlib.resources.files("kubernetes_validate") / "kubernetes-json-schema"
+    for name in (f"v{version}-local-strict", f"v{version}.0-local-strict"):
+        path = folder / name / "podspec-v1.json"
+        if path.is_file():
+            return set(json.loads(path.read_text())["properties"])
+    raise FileNotFoundError(f"no PodSpec schema for Kubernetes {version} in kubernetes-validate")
+
+
+def _typed(fields: dict[str, Any], types: dict[str, type], where: str) -> list[str]:
+    errors = []
+    for key, value in fields.items():
+        want = types[key]
+        if not isinstance(value, want) or (want is int and isinstance(value, bool)):
+            errors.append(f"{where}.{key}: {value!r} is not a {want.__name__}")
+    return errors
+
+
+def _as_pod(obj: dict[str, Any], pod_spec: dict[str, Any], versions: Iterable[str]) -> list[str]:
+    """Kubernetes' own errors in the pod fields, containers and metadata of a KServe object."""
+    pod = {"apiVersion": "v1", "kind": "Pod", "metadata": obj.get("metadata", {}), "spec": pod_spec}
+    return [f"(as a Pod) {error}" for error in validate_object(pod, versions)]
+
+
+def validate_serving_runtime(obj: dict[str, Any], versions: Iterable[str]) -> list[str]:
+    spec = obj.get("spec", {})
+    pod_fields = pod_spec_fields(kubernetes_validate.utils.latest_version())
+    errors = [
+        f"spec.{key}: not a ServingRuntime field"
+        for key in spec
+        if key not in RUNTIME_FIELDS and key not in RUNTIME_POD_FIELDS
+    ]
+    errors += _typed({k: v for k, v in spec.items() if k in RUNTIME_FIELDS}, RUNTIME_FIELDS, "spec")
+    if not spec.get("containers"):
+        errors.append("spec.containers: required, with at least one container")
+    for index, model_format in enumerate(spec.get("supportedModelFormats") or []):
+        where = f"spec.supportedModelFormats[{index}]"
+        if not isinstance(model_format, dict) or not isinstance(model_format.get("name"), str):
+            errors.append(f"{where}: needs a name")
+            continue
+        unknown = set(model_format) - {"name", "version", "autoSelect", "priority"}
+        errors += [f"{where}.{key}: not a SupportedModelFormat field" for key in sorted(unknown)]
+    for protocol in spec.get("protocolVersions") or []:
+        if protocol not in KSERVE_PROTOCOLS:
+            errors.append(f"spec.protocolVersions: {protocol!r} is not one of {KSERVE_PROTOCOLS}")
+    pod = {k: v for k, v in spec.items() if k in RUNTIME_POD_FIELDS and k in pod_fields}
+    return errors + _as_pod(obj, pod, versions)
+
+
+def validate_inference_service(obj: dict[str, Any], versions: Iterable[str]) -> list[str]:
+    spec = obj.get("spec", {})
+    name = obj.get("metadata", {}).get("name", "")
+    errors = [] if KSERVE_NAME.fullmatch(name) else [f"metadata.name: {name!r} is not a DNS label"]
+    errors += [
+        f"spec.{key}: not an InferenceService field"
+        for key in spec
+        if key not in INFERENCE_SERVICE_FIELDS
+    ]
+    predictor = spec.get("predictor")
+    if not isinstance(predictor, dict):
+        return [*errors, "spec.predictor: required"]
+    pod_fields = pod_spec_fields(kubernetes_validate.utils.latest_version())
+    own = {k: v for k, v in predictor.items() if k in PREDICTOR_FIELDS}
+    errors += [
+        f"spec.predictor.{key}: not a PredictorSpec field"
+        for key in predictor
+        if key not in PREDICTOR_FIELDS and key not in pod_fields
+    ]
+    errors += _typed(own, PREDICTOR_FIELDS, "spec.predictor")
+    for key, allowed in PREDICTOR_ENUMS.items():
+        if key in own and own[key] not in allowed:
+            errors.append(f"spec.predictor.{key}: {own[key]!r} is not one of {allowed}")
+    pod = {k: v for k, v in predictor.items() if k in pod_fields}
+    model = predictor.get("model")
+    if isinstance(model, dict):
+        kserve = {k: v for k, v in model.items() if k in MODEL_FIELDS}
+        errors += _typed(kserve, MODEL_FIELDS, "spec.predictor.model")
+        model_format = kserve.get("modelFormat", {})
+        if not isinstance(model_format, dict) or not isinstance(model_format.get("name"), str):
+            errors.append("spec.predictor.model.modelFormat: needs a name")
+        elif set(model_format) - {"name", "version"}:
+            errors.append(f"spec.predictor.model.modelFormat: unknown fields in {model_format}")
+        protocol = kserve.get("protocolVersion")
+        if protocol is not None and protocol not in KSERVE_PROTOCOLS:
+            errors.append(
+                f"spec.predictor.model.protocolVersion: {protocol!r} is not one of "
+                f"{KSERVE_PROTOCOLS}"
+            )
+        container = {k: v for k, v in model.items() if k not in MODEL_FIELDS}
+        pod["containers"] = [{"name": "kserve-container", **container}, *pod.get("containers", [])]
+    elif not pod.get("containers"):
+        errors.append("spec.predictor: needs a model or containers")
+    return errors + _as_pod(obj, pod, versions)
+
+
 def validate_object(
     obj: dict[str, Any], versions: Iterable[str] = KUBERNETES_VERSIONS
 ) -> list[str]:
@@ -123,6 +326,10 @@ def validate_object(
     kind = obj.get("kind", "?")
     if obj.get("apiVersion", "").startswith("monitoring.coreos.com/"):
         return validate_operator_object(obj)
+    if obj.get("apiVersion") == "serving.kserve.io/v1alpha1" and kind == "ServingRuntime":
+        return validate_serving_runtime(obj, versions)
+    if obj.get("apiVersion") == "serving.kserve.io/v1beta1" and kind == "InferenceService":
+        return validate_inference_service(obj, versions)
     errors = []
     for version in versions:
         try:

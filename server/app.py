@@ -1,4 +1,5 @@
-"""One serving process: models, the grpc.aio server (vae.v1, health, reflection), metrics, drain.
+"""One serving process: models, the grpc.aio server (vae.v1, the Open Inference Protocol, health,
+reflection), metrics, drain.
 
 The process runs one asyncio event loop in a thread of its own ("vae-loop"); the caller's thread
 starts and stops it (`start`, `stop`, `wait`), so tests drive a real server in-process and `vae-serve`
@@ -22,7 +23,8 @@ from grpc_health.v1 import health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
 from prometheus_client import start_http_server
 
-from server import reflection_v1
+from server import oip, reflection_v1
+from server.calls import CallRunner
 from server.executor import ModelExecutor
 from server.health import (
     DRAINING,
@@ -35,6 +37,7 @@ from server.health import (
 )
 from server.metrics import Metrics
 from server.model_store import ModelStore, ReloadResult
+from server.proto_gen.inference import grpc_service_pb2_grpc
 from server.proto_gen.vae.v1 import vae_pb2, vae_pb2_grpc
 from server.reload import RepositoryWatcher
 from server.runtime import ModelRuntime, RuntimeOptions
@@ -104,8 +107,17 @@ class VaeServer:
             close_executor=self._close_executor,
         )
         self.plane = DataPlane(self.store, settings.limits, self.metrics)
-        self.servicer = VaeServicer(self.store, self.plane, self.metrics)
+        # One CallRunner for every servicer: the drain refuses and waits for the calls of all of them.
+        self.calls = CallRunner(self.metrics)
+        self.servicer = VaeServicer(self.store, self.plane, self.metrics, self.calls)
         self.health = HealthServicer(states)
+        self.inference = oip.InferenceServicer(
+            self.store,
+            self.plane,
+            self.calls,
+            server_ready=lambda: self.health.status(SERVICE_NAME) == SERVING,
+            model_ready=lambda name: self.health.status(model_health_name(name)) == SERVING,
+        )
         self._grpc: grpc.aio.Server | None = None
         self._health_grpc: grpc.aio.Server | None = None
         self._metrics_http: tuple[object, threading.Thread] | None = None
@@ -186,7 +198,7 @@ class VaeServer:
         self.metrics.set_loaded_models(
             [(rt.metadata.name, rt.metadata.version, rt.provider) for rt in runtimes]
         )
-        if self.servicer.draining or self._grpc is None:
+        if self.calls.draining or self._grpc is None:
             return
         serving = set(self.store.names())
         await self.health.set_many([model_health_name(n) for n in serving], SERVING)
@@ -292,10 +304,18 @@ class VaeServer:
             maximum_concurrent_rpcs=self.settings.max_concurrent_rpcs,
         )
         vae_pb2_grpc.add_VaeServiceServicer_to_server(self.servicer, self._grpc)
+        grpc_service_pb2_grpc.add_GRPCInferenceServiceServicer_to_server(self.inference, self._grpc)
         health_pb2_grpc.add_HealthServicer_to_server(self.health, self._grpc)
-        names = (SERVICE_NAME, HEALTH_SERVICE, reflection.SERVICE_NAME, reflection_v1.SERVICE_NAME)
-        reflection.enable_server_reflection(names, self._grpc)
-        reflection_v1.enable_server_reflection(names, self._grpc)
+        names = (
+            SERVICE_NAME,
+            oip.SERVICE_NAME,
+            HEALTH_SERVICE,
+            reflection.SERVICE_NAME,
+            reflection_v1.SERVICE_NAME,
+        )
+        pool = reflection_v1.merged_pool(names)  # the inference.* stubs keep a pool of their own
+        reflection.enable_server_reflection(names, self._grpc, pool=pool)
+        reflection_v1.enable_server_reflection(names, self._grpc, pool=pool)
         port = self._bind(self._grpc, f"{self.settings.host}:{self.settings.port}", secure=True)
         health_port = self.settings.resolved_health_port()
         if health_port:
@@ -362,8 +382,8 @@ class VaeServer:
             # Keep answering while load balancers notice NOT_SERVING and stop sending calls.
             log.info("draining: NOT_SERVING, refusing new calls in %.1fs", delay)
             await asyncio.sleep(delay)
-        self.servicer.draining = True  # new calls: UNAVAILABLE, which clients may retry elsewhere
-        calls = self.servicer.calls
+        self.calls.draining = True  # new calls: UNAVAILABLE, which clients may retry elsewhere
+        calls = self.calls.tracker
         log.info(
             "draining: %d call(s) in flight, waiting up to %.1fs for them", calls.active, grace
         )

@@ -50,6 +50,25 @@ def images_to_uint8(images: np.ndarray) -> np.ndarray:
     return scaled.astype(UINT8)
 
 
+def element_count(shape: tuple[int, ...], what: str, max_elements: int) -> int:
+    """The element count of a request tensor's shape, refusing empty and non-positive shapes, and
+    shapes over `max_elements` (RESOURCE_EXHAUSTED), in exact integers that stop at the limit."""
+    if not shape:
+        raise InvalidArgument(f"{what}: shape is empty; send the tensor's shape, e.g. [N, C, H, W]")
+    if any(d <= 0 for d in shape):
+        raise InvalidArgument(f"{what}: shape {list(shape)} has a non-positive dimension")
+    count = 1
+    for d in shape:
+        count *= d
+        if count > max_elements:
+            dims = list(shape) if len(shape) <= 8 else f"of {len(shape)} dimensions"
+            raise ResourceExhausted(
+                f"{what}: shape {dims} is over this server's limit of {max_elements} values; "
+                "split the request"
+            )
+    return count
+
+
 def check_shape(shape: tuple[int, ...], what: str, data_bytes: int, itemsize: int) -> int:
     """The element count of a request tensor's shape, checked against the bytes that came with it.
 

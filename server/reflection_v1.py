@@ -3,16 +3,21 @@
 grpcurl and newer tools ask for v1 first; grpcio-reflection ships only v1alpha. The two protocols are
 the same messages with the same field numbers under another package name, so v1 is served by the
 v1alpha implementation over the wire format, and the v1 file descriptor (the v1alpha one renamed) is
-added to the descriptor pool so that the v1 service itself can be described.
+added to the descriptor pool so that the v1 service itself can be described. `merged_pool` gives both
+reflection services one pool holding the default pool's services and the Open Inference Protocol's,
+whose stubs keep a pool of their own (server/proto_gen/inference).
 """
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator, Sequence
+from collections.abc import AsyncIterator, Iterable, Sequence
 
 import grpc
 from google.protobuf import descriptor_pb2, descriptor_pool
+from google.protobuf.descriptor import FileDescriptor
 from grpc_reflection.v1alpha import _async, reflection_pb2
+
+from server.proto_gen.inference import POOL as INFERENCE_POOL
 
 SERVICE_NAME = "grpc.reflection.v1.ServerReflection"
 _V1_FILE = "grpc/reflection/v1/reflection.proto"
@@ -41,10 +46,42 @@ def _register_v1_descriptor() -> None:
     pool.Add(proto)
 
 
-def enable_server_reflection(service_names: Sequence[str], server: grpc.aio.Server) -> None:
-    """Serve grpc.reflection.v1 on `server`, listing `service_names`."""
+def merged_pool(service_names: Iterable[str]) -> descriptor_pool.DescriptorPool:
+    """A pool with the file of every named service and the files they import, from the default pool
+    or the Open Inference Protocol's; a name found in neither is left out."""
     _register_v1_descriptor()
-    servicer = _async.ReflectionServicer(service_names)
+    merged = descriptor_pool.DescriptorPool()
+    added: set[str] = set()
+
+    def add(file: FileDescriptor) -> None:
+        if file.name in added:
+            return
+        for dependency in file.dependencies:
+            add(dependency)
+        proto = descriptor_pb2.FileDescriptorProto()
+        file.CopyToProto(proto)
+        merged.Add(proto)
+        added.add(file.name)
+
+    for name in service_names:
+        for pool in (descriptor_pool.Default(), INFERENCE_POOL):
+            try:
+                add(pool.FindServiceByName(name).file)
+                break
+            except KeyError:
+                continue
+    return merged
+
+
+def enable_server_reflection(
+    service_names: Sequence[str],
+    server: grpc.aio.Server,
+    pool: descriptor_pool.DescriptorPool | None = None,
+) -> None:
+    """Serve grpc.reflection.v1 on `server`, listing `service_names` described from `pool` (the
+    default pool if None)."""
+    _register_v1_descriptor()
+    servicer = _async.ReflectionServicer(service_names, pool=pool)
 
     async def info(
         requests: AsyncIterator[reflection_pb2.ServerReflectionRequest],

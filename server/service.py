@@ -59,7 +59,7 @@ class DataPlane:
             )
 
     def _labels(
-        self, runtime: ModelExecutor, labels: Sequence[int], rows: int
+        self, runtime: ModelExecutor, labels: Sequence[int] | np.ndarray, rows: int
     ) -> np.ndarray | None:
         meta = runtime.metadata
         if not meta.conditional:
@@ -121,7 +121,7 @@ class DataPlane:
         self,
         runtime: ModelExecutor,
         images: np.ndarray,
-        labels: Sequence[int] = (),
+        labels: Sequence[int] | np.ndarray = (),
         sample: bool = False,
         seed: int | None = None,
         clamp: bool = False,
@@ -142,7 +142,7 @@ class DataPlane:
         return Encoded(mean, log_variance, latents, runtime)
 
     async def decode(
-        self, runtime: ModelExecutor, latents: np.ndarray, labels: Sequence[int] = ()
+        self, runtime: ModelExecutor, latents: np.ndarray, labels: Sequence[int] | np.ndarray = ()
     ) -> Generated:
         self._check_latents(runtime, latents, "latents")
         self._check_rows(len(latents), "latents")

@@ -3,28 +3,22 @@ to status codes, and counts every call."""
 
 from __future__ import annotations
 
-import asyncio
 import functools
-import itertools
-import logging
-import os
-import time
 from collections.abc import Awaitable, Callable
 from typing import TypeVar
 
 import grpc
 import numpy as np
 
+from server.calls import CallRunner
 from server.codecs import images_to_png, set_tensor, set_uint8_tensor, tensor_from_proto
-from server.errors import InvalidArgument, ServiceError, Unavailable
+from server.errors import InvalidArgument
 from server.executor import ModelExecutor
-from server.logging_setup import request_id
 from server.metrics import Metrics
 from server.model_store import ModelStore
 from server.proto_gen.vae.v1 import vae_pb2, vae_pb2_grpc
 from server.service import DataPlane, Generated
 
-log = logging.getLogger(__name__)
 Response = TypeVar("Response")
 ImageResponse = TypeVar(
     "ImageResponse", vae_pb2.DecodeResponse, vae_pb2.SampleResponse, vae_pb2.InterpolateResponse
@@ -38,7 +32,6 @@ _FLOAT_FORMATS = frozenset(
         vae_pb2.IMAGE_FORMAT_TENSOR_AND_PNG,
     )
 )
-_STATUS = {code.name: code for code in grpc.StatusCode}
 
 
 @functools.cache
@@ -90,64 +83,21 @@ def fill_images(response: ImageResponse, generated: Generated, image_format: int
     return response
 
 
-class CallTracker:
-    """The calls this process is handling, so a drain can wait until every accepted call is done."""
-
-    def __init__(self) -> None:
-        self.active = 0
-        self.last_started = 0.0  # time.monotonic() of the latest call's start
-        self._idle = asyncio.Event()
-        self._idle.set()
-
-    def enter(self) -> None:
-        self.active += 1
-        self.last_started = time.monotonic()
-        self._idle.clear()
-
-    def leave(self) -> None:
-        self.active -= 1
-        if self.active == 0:
-            self._idle.set()
-
-    async def idle(self) -> None:
-        await self._idle.wait()
-
-    async def quiet(self, seconds: float, deadline: float) -> None:
-        """Wait until no call has started for `seconds` and none is running, or until `deadline`
-        (time.monotonic()). Calls the transport had already received when the drain began reach a
-        handler within milliseconds and are answered (UNAVAILABLE once refusing) instead of being
-        cancelled by the transport's shutdown."""
-        while time.monotonic() < deadline:
-            since = time.monotonic() - self.last_started
-            if self.active == 0 and since >= seconds:
-                return
-            if self.active:
-                try:
-                    await asyncio.wait_for(self.idle(), deadline - time.monotonic())
-                except TimeoutError:
-                    return
-            else:
-                await asyncio.sleep(min(seconds - since, deadline - time.monotonic()))
-
-
 class VaeServicer(vae_pb2_grpc.VaeServiceServicer):
-    def __init__(self, store: ModelStore, plane: DataPlane, metrics: Metrics) -> None:
+    """vae.v1.VaeService; `calls` runs every call (shared with the other servicers of the process)."""
+
+    def __init__(
+        self,
+        store: ModelStore,
+        plane: DataPlane,
+        metrics: Metrics,
+        calls: CallRunner | None = None,
+    ) -> None:
         self.store = store
         self.plane = plane
         self.metrics = metrics
-        self.draining = False  # set by the drain: new calls get UNAVAILABLE
-        self.calls = CallTracker()
+        self.calls = calls or CallRunner(metrics)
         self._max_elements = plane.limits.max_message_bytes // 4
-        # Request ids for calls that bring none: a per-process random prefix and a counter (unique
-        # without the cost of a uuid4 per call).
-        self._id_prefix = os.urandom(4).hex()
-        self._ids = itertools.count(1)
-
-    def _request_id(self, context: grpc.aio.ServicerContext) -> str:
-        for key, value in context.invocation_metadata() or ():
-            if key == "x-request-id" and value:
-                return str(value)
-        return f"{self._id_prefix}{next(self._ids):08x}"
 
     async def _run(
         self,
@@ -157,41 +107,8 @@ class VaeServicer(vae_pb2_grpc.VaeServiceServicer):
         work: Callable[[ModelExecutor | None], Awaitable[Response]],
     ) -> Response:
         """One RPC: request id, model lookup, metrics, and errors to status codes."""
-        rid = self._request_id(context)
-        request_id.set(rid)  # this task's context only: every log line of the call carries it
-        context.set_trailing_metadata((("x-request-id", rid),))
-        model, code = "", "OK"
-        self.calls.enter()
-        timer = self.metrics.start_request()
-        try:
-            if self.draining:
-                raise Unavailable("server is shutting down; retry against another replica")
-            runtime = None
-            if ref is not None:
-                runtime = self.store.get(ref.name, ref.version)
-                model = runtime.metadata.name
-            return await work(runtime)
-        except ServiceError as exc:
-            code = exc.code
-            log.info("%s refused (%s): %s", rpc, exc.code, exc.message)
-            await context.abort(_STATUS[exc.code], exc.message)
-            raise  # not reached: abort raises
-        except asyncio.CancelledError:
-            remaining = context.time_remaining()
-            code = "DEADLINE_EXCEEDED" if remaining is not None and remaining <= 0 else "CANCELLED"
-            raise
-        except Exception as exc:
-            if _is_abort(exc):
-                raise
-            code = "INTERNAL"
-            log.exception("%s failed", rpc)
-            await context.abort(
-                grpc.StatusCode.INTERNAL, f"{rpc} failed inside the server; see its log ({rid})"
-            )
-            raise
-        finally:
-            self.calls.leave()
-            self.metrics.finish_request(timer, rpc, model, code)
+        resolve = None if ref is None else functools.partial(self.store.get, ref.name, ref.version)
+        return await self.calls.run(rpc, context, resolve, work)
 
     def _tensor(self, tensor: vae_pb2.Tensor, what: str, allow_uint8: bool = False) -> np.ndarray:
         return tensor_from_proto(tensor, what, self._max_elements, allow_uint8)
@@ -317,8 +234,3 @@ class VaeServicer(vae_pb2_grpc.VaeServiceServicer):
             return vae_pb2.ListModelsResponse(models=models)
 
         return await self._run("ListModels", context, None, work)
-
-
-def _is_abort(exc: BaseException) -> bool:
-    """grpc.aio's context.abort() raises an internal AbortError; let it through untouched."""
-    return type(exc).__name__ == "AbortError"

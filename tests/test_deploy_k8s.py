@@ -650,3 +650,120 @@ def test_job_container_security_context(rendered, setting, value):
 
 def test_job_never_restarts_in_place(rendered):
     assert one(rendered["jobs"], "Job")["spec"]["template"]["spec"]["restartPolicy"] == "Never"
+
+
+# ------------------------------------------------------------------------------------- KServe
+# k8s/kserve: a ServingRuntime running vae-serve and an InferenceService using it.
+
+
+def runtime_container(objects: list[dict[str, Any]]) -> dict[str, Any]:
+    (container,) = one(objects, "ServingRuntime")["spec"]["containers"]
+    return container
+
+
+def runtime_settings(objects: list[dict[str, Any]], monkeypatch) -> Settings:
+    """The Settings vae-serve builds in the KServe predictor: the container's variables, no flags."""
+    for name in server_env_names():
+        monkeypatch.delenv(name, raising=False)
+    for variable in runtime_container(objects)["env"]:
+        if "value" in variable:
+            monkeypatch.setenv(variable["name"], variable["value"])
+    return settings_from_args(build_parser().parse_args([]))
+
+
+def test_validator_rejects_a_field_the_servingruntime_crd_lacks(rendered):
+    runtime = copy.deepcopy(one(rendered["kserve"], "ServingRuntime"))
+    runtime["spec"]["modelFormats"] = runtime["spec"].pop("supportedModelFormats")
+    assert validator.validate_object(runtime)
+
+
+def test_validator_checks_the_runtimes_containers_as_kubernetes_containers(rendered):
+    runtime = copy.deepcopy(one(rendered["kserve"], "ServingRuntime"))
+    runtime["spec"]["containers"][0]["readinessProbe"]["grpc"]["port"] = "h2c"
+    assert validator.validate_object(runtime)
+
+
+def test_validator_rejects_a_protocol_kserve_does_not_know(rendered):
+    service = copy.deepcopy(one(rendered["kserve"], "InferenceService"))
+    service["spec"]["predictor"]["model"]["protocolVersion"] = "grpc-v3"
+    assert validator.validate_object(service)
+
+
+def test_validator_rejects_a_misspelt_model_field(rendered):
+    service = copy.deepcopy(one(rendered["kserve"], "InferenceService"))
+    service["spec"]["predictor"]["model"]["storageURI"] = "pvc://x"
+    assert validator.validate_object(service)
+
+
+def test_kserve_runtime_sets_only_server_variables(rendered):
+    names = {e["name"] for e in runtime_container(rendered["kserve"])["env"]}
+    assert names and names <= server_env_names()
+
+
+def test_kserve_runtime_keeps_the_images_vae_serve_entrypoint(rendered):
+    container = runtime_container(rendered["kserve"])
+    assert ("command" not in container, container.get("args", [])) == (True, [])
+
+
+def test_kserve_repository_is_where_kserve_mounts_the_storage_uri(rendered, monkeypatch):
+    # KServe mounts (pvc://) or downloads the storageUri at /mnt/models (its DefaultModelLocalMountPath).
+    assert str(runtime_settings(rendered["kserve"], monkeypatch).repository) == "/mnt/models"
+
+
+def test_kserve_grpc_port_is_named_h2c_and_is_the_configured_one(rendered, monkeypatch):
+    (port,) = runtime_container(rendered["kserve"])["ports"]
+    settings = runtime_settings(rendered["kserve"], monkeypatch)
+    assert (port["name"], port["containerPort"]) == ("h2c", settings.port)
+
+
+@pytest.mark.parametrize("probe", PROBES)
+def test_kserve_probes_ask_grpc_health_on_the_configured_port(rendered, probe, monkeypatch):
+    from server.app import SERVICE_NAME
+
+    grpc_probe = runtime_container(rendered["kserve"])[probe]["grpc"]
+    settings = runtime_settings(rendered["kserve"], monkeypatch)
+    assert grpc_probe["port"] == settings.port
+    assert grpc_probe["service"] == ("" if probe == "livenessProbe" else SERVICE_NAME)
+
+
+def test_kserve_metrics_annotation_is_the_configured_metrics_port(rendered, monkeypatch):
+    annotations = one(rendered["kserve"], "ServingRuntime")["spec"]["annotations"]
+    settings = runtime_settings(rendered["kserve"], monkeypatch)
+    assert annotations["prometheus.kserve.io/port"] == str(settings.metrics_port)
+
+
+def test_inference_service_uses_the_runtime_with_a_format_and_protocol_it_supports(rendered):
+    runtime = one(rendered["kserve"], "ServingRuntime")
+    model = one(rendered["kserve"], "InferenceService")["spec"]["predictor"]["model"]
+    formats = {(f["name"], f.get("version")) for f in runtime["spec"]["supportedModelFormats"]}
+    assert model["runtime"] == runtime["metadata"]["name"]
+    assert (model["modelFormat"]["name"], model["modelFormat"].get("version")) in formats
+    assert (
+        model["protocolVersion"] == "grpc-v2" and "grpc-v2" in runtime["spec"]["protocolVersions"]
+    )
+
+
+def test_inference_service_serves_the_claim_the_export_job_fills(rendered):
+    claim = one(rendered["base"], "PersistentVolumeClaim", "vae-model-repository")
+    model = one(rendered["kserve"], "InferenceService")["spec"]["predictor"]["model"]
+    assert model["storageUri"] == f"pvc://{claim['metadata']['name']}"
+
+
+def test_inference_service_grace_outlasts_the_servers_drain(rendered, monkeypatch):
+    predictor = one(rendered["kserve"], "InferenceService")["spec"]["predictor"]
+    settings = runtime_settings(rendered["kserve"], monkeypatch)
+    assert predictor["terminationGracePeriodSeconds"] > settings.grace_seconds
+
+
+@pytest.mark.parametrize(
+    ("setting", "value"),
+    [
+        ("runAsNonRoot", True),
+        ("readOnlyRootFilesystem", True),
+        ("allowPrivilegeEscalation", False),
+        ("capabilities", {"drop": ["ALL"]}),
+        ("seccompProfile", {"type": "RuntimeDefault"}),
+    ],
+)
+def test_kserve_container_meets_the_restricted_pod_security_standard(rendered, setting, value):
+    assert runtime_container(rendered["kserve"])["securityContext"][setting] == value

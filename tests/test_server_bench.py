@@ -45,3 +45,10 @@ def test_the_in_process_ceiling_runs_without_a_server(repository, capsys):
         "CPUExecutionProvider",
         True,
     )
+
+
+@pytest.mark.parametrize("model", ["tiny-vae", "tiny-cvae"])
+def test_v2_decode_drives_model_infer_of_the_decoder_without_errors(server, capsys, model):
+    address = f"--address=127.0.0.1:{server.port}"
+    code, result = run_bench(capsys, address, "--rpc=v2-decode", f"--model={model}", "--samples=2")
+    assert (code, result["error_count"], result["requests_ok"] > 0) == (0, 0, True)
