@@ -41,7 +41,9 @@ def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="vae-train",
         description="Train an autoencoder or VAE and write checkpoints, logs and figures to a run "
-        "directory. Precedence: flags, then VAE_* variables, then --config, then defaults.",
+        "directory. Precedence: flags, then VAE_* variables, then --config, then defaults. "
+        "Other commands: `vae-train experiment <study>`, `vae-train classifier`, "
+        "`vae-train prior <run-dir>`, `vae-train quality <run-dir>` (each has --help).",
     )
     parser.add_argument("--config", type=Path, default=None, help="YAML file of fields to set")
     _add_fields(parser, TrainConfig(), "")
@@ -124,6 +126,12 @@ def main(argv: list[str] | None = None) -> int:
         from training.experiments.runner import main as run_experiment
 
         return run_experiment(argv[1:])
+    from training.subcommands import SUBCOMMANDS
+
+    if argv[:1] and argv[0] in SUBCOMMANDS:  # the quality classifier, the mixture prior, the score
+        from training.subcommands import main as run_subcommand
+
+        return run_subcommand(argv)
     args = build_parser().parse_args(argv)
     config = config_from_args(args)
     try:
