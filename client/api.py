@@ -16,6 +16,11 @@ METHODS = {
     "linear": vae_pb2.INTERPOLATION_METHOD_LINEAR,
     "spherical": vae_pb2.INTERPOLATION_METHOD_SPHERICAL,
 }
+# What `prior` may be in sample() and sample_stream(): N(0, I), or the version's learned mixture.
+PRIORS = {
+    "standard-normal": vae_pb2.PRIOR_STANDARD_NORMAL,
+    "mixture": vae_pb2.PRIOR_MIXTURE,
+}
 
 
 class VaeClient:
@@ -76,14 +81,17 @@ class VaeClient:
         label: int | None = None,
         model: str = "",
         version: int = 0,
+        prior: str = "standard-normal",
     ) -> tuple[np.ndarray, np.ndarray, int]:
-        """Draw `count` images from the prior: (images (N, C, H, W), latents (N, D), seed used)."""
+        """Draw `count` images from the prior (`standard-normal` or `mixture`, see PRIORS):
+        (images (N, C, H, W), latents (N, D), seed used)."""
         request = vae_pb2.SampleRequest(
             model=self._ref(model, version),
             count=count,
             temperature=temperature,
             seed=seed,
             label=label,
+            prior=PRIORS[prior],
         )
         response = self.stub.Sample(request, timeout=self.timeout)
         return tensor_to_numpy(response.images), tensor_to_numpy(response.latents), response.seed
@@ -97,6 +105,7 @@ class VaeClient:
         label: int | None = None,
         model: str = "",
         version: int = 0,
+        prior: str = "standard-normal",
     ) -> Iterator[tuple[np.ndarray, np.ndarray, int]]:
         """Stream `count` images in chunks: yields (images (n, C, H, W), latents (n, D), offset)."""
         request = vae_pb2.SampleStreamRequest(
@@ -106,6 +115,7 @@ class VaeClient:
             temperature=temperature,
             seed=seed,
             label=label,
+            prior=PRIORS[prior],
         )
         for chunk in self.stub.SampleStream(request, timeout=self.timeout):
             yield tensor_to_numpy(chunk.images), tensor_to_numpy(chunk.latents), chunk.offset

@@ -13,7 +13,7 @@ import numpy as np
 from google.protobuf import json_format
 from PIL import Image
 
-from client.api import METHODS, VaeClient
+from client.api import METHODS, PRIORS, VaeClient
 from server.codecs import grid_png
 
 
@@ -91,6 +91,13 @@ def build_parser() -> argparse.ArgumentParser:
     sample.add_argument("--seed", type=int, default=None)
     sample.add_argument("--temperature", type=float, default=1.0)
     sample.add_argument("--label", type=int, default=None, help="class, for conditional models")
+    sample.add_argument(
+        "--prior",
+        choices=tuple(PRIORS),
+        default=os.environ.get("VAE_PRIOR", "standard-normal"),
+        help="N(0, I), or the Gaussian mixture fitted to the training codes, where the model has "
+        "one (`info` lists its priors) [VAE_PRIOR]",
+    )
     output_options(sample, "samples.png")
 
     encode = commands.add_parser("encode", help="images (.png/.jpg or .npy) to latent means (.npy)")
@@ -134,7 +141,7 @@ def run(args: argparse.Namespace) -> int:
         ref = {"model": args.model, "version": args.version}
         if args.command == "sample":
             images, _, seed = client.sample(
-                args.count, args.seed, args.temperature, args.label, **ref
+                args.count, args.seed, args.temperature, args.label, prior=args.prior, **ref
             )
             print(f"seed {seed}")
             _write_images(images, args.output, args.out_format, args.columns, args.scale)

@@ -15,7 +15,7 @@ import numpy as np
 from server.batching import Batcher, BatchingConfig, BatchObserver
 from server.errors import Cancelled, DeadlineExceeded
 from server.metrics import Metrics
-from server.repository import ModelMetadata
+from server.repository import GaussianMixture, ModelMetadata
 from server.runtime import ModelRuntime
 
 
@@ -75,6 +75,11 @@ class ModelExecutor:
     @property
     def provider(self) -> str:
         return self.runtime.provider
+
+    @property
+    def mixture(self) -> GaussianMixture | None:
+        """The version's learned prior, loaded with it; None when it has none."""
+        return self.runtime.mixture
 
     def _observer(self, component: str) -> BatchObserver:
         name = self.runtime.metadata.name

@@ -280,7 +280,7 @@ class GaussianMixture:
             problems.append("scale_tril must have a positive diagonal")
         if problems:
             raise RepositoryError(f"{where}: " + "; ".join(problems))
-        return cls(weights / weights.sum(), means, scale_tril)
+        return cls(weights, means, scale_tril)  # as stored: a round trip keeps every bit
 
     def to_npz_bytes(self) -> bytes:
         buffer = io.BytesIO()

@@ -24,7 +24,7 @@ _sym_db = _symbol_database.Default()
 
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x10vae/v1/vae.proto\x12\x06vae.v1\"%\n\x06Tensor\x12\r\n\x05shape\x18\x01 \x03(\x03\x12\x0c\n\x04\x64\x61ta\x18\x02 \x01(\x0c\")\n\x08ModelRef\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\x0f\n\x07version\x18\x02 \x01(\x03\"\x8c\x01\n\rEncodeRequest\x12\x1f\n\x05model\x18\x01 \x01(\x0b\x32\x10.vae.v1.ModelRef\x12\x1e\n\x06images\x18\x02 \x01(\x0b\x32\x0e.vae.v1.Tensor\x12\x0e\n\x06labels\x18\x03 \x03(\x03\x12\x0e\n\x06sample\x18\x04 \x01(\x08\x12\x11\n\x04seed\x18\x05 \x01(\x04H\x00\x88\x01\x01\x42\x07\n\x05_seed\"\x96\x01\n\x0e\x45ncodeResponse\x12\x1c\n\x04mean\x18\x01 \x01(\x0b\x32\x0e.vae.v1.Tensor\x12$\n\x0clog_variance\x18\x02 \x01(\x0b\x32\x0e.vae.v1.Tensor\x12\x1f\n\x07latents\x18\x03 \x01(\x0b\x32\x0e.vae.v1.Tensor\x12\x1f\n\x05model\x18\x04 \x01(\x0b\x32\x10.vae.v1.ModelRef\"\x86\x01\n\rDecodeRequest\x12\x1f\n\x05model\x18\x01 \x01(\x0b\x32\x10.vae.v1.ModelRef\x12\x1f\n\x07latents\x18\x02 \x01(\x0b\x32\x0e.vae.v1.Tensor\x12\x0e\n\x06labels\x18\x03 \x03(\x03\x12#\n\x06\x66ormat\x18\x04 \x01(\x0e\x32\x13.vae.v1.ImageFormat\"^\n\x0e\x44\x65\x63odeResponse\x12\x1e\n\x06images\x18\x01 \x01(\x0b\x32\x0e.vae.v1.Tensor\x12\x0b\n\x03png\x18\x02 \x03(\x0c\x12\x1f\n\x05model\x18\x03 \x01(\x0b\x32\x10.vae.v1.ModelRef\"\xb3\x01\n\rSampleRequest\x12\x1f\n\x05model\x18\x01 \x01(\x0b\x32\x10.vae.v1.ModelRef\x12\r\n\x05\x63ount\x18\x02 \x01(\r\x12\x11\n\x04seed\x18\x03 \x01(\x04H\x00\x88\x01\x01\x12\x13\n\x0btemperature\x18\x04 \x01(\x02\x12\x12\n\x05label\x18\x05 \x01(\x03H\x01\x88\x01\x01\x12#\n\x06\x66ormat\x18\x06 \x01(\x0e\x32\x13.vae.v1.ImageFormatB\x07\n\x05_seedB\x08\n\x06_label\"\x9d\x01\n\x0eSampleResponse\x12\x1e\n\x06images\x18\x01 \x01(\x0b\x32\x0e.vae.v1.Tensor\x12\x0b\n\x03png\x18\x02 \x03(\x0c\x12\x1f\n\x07latents\x18\x03 \x01(\x0b\x32\x0e.vae.v1.Tensor\x12\x1f\n\x05model\x18\x04 \x01(\x0b\x32\x10.vae.v1.ModelRef\x12\x0c\n\x04seed\x18\x05 \x01(\x04\x12\x0e\n\x06offset\x18\x06 \x01(\x04\"\xcd\x01\n\x13SampleStreamRequest\x12\x1f\n\x05model\x18\x01 \x01(\x0b\x32\x10.vae.v1.ModelRef\x12\r\n\x05\x63ount\x18\x02 \x01(\x04\x12\x12\n\nchunk_size\x18\x03 \x01(\r\x12\x11\n\x04seed\x18\x04 \x01(\x04H\x00\x88\x01\x01\x12\x13\n\x0btemperature\x18\x05 \x01(\x02\x12\x12\n\x05label\x18\x06 \x01(\x03H\x01\x88\x01\x01\x12#\n\x06\x66ormat\x18\x07 \x01(\x0e\x32\x13.vae.v1.ImageFormatB\x07\n\x05_seedB\x08\n\x06_label\"G\n\tImagePair\x12\x1d\n\x05start\x18\x01 \x01(\x0b\x32\x0e.vae.v1.Tensor\x12\x1b\n\x03\x65nd\x18\x02 \x01(\x0b\x32\x0e.vae.v1.Tensor\"H\n\nLatentPair\x12\x1d\n\x05start\x18\x01 \x01(\x0b\x32\x0e.vae.v1.Tensor\x12\x1b\n\x03\x65nd\x18\x02 \x01(\x0b\x32\x0e.vae.v1.Tensor\"\x8d\x02\n\x12InterpolateRequest\x12\x1f\n\x05model\x18\x01 \x01(\x0b\x32\x10.vae.v1.ModelRef\x12#\n\x06images\x18\x02 \x01(\x0b\x32\x11.vae.v1.ImagePairH\x00\x12%\n\x07latents\x18\x03 \x01(\x0b\x32\x12.vae.v1.LatentPairH\x00\x12\r\n\x05steps\x18\x04 \x01(\r\x12+\n\x06method\x18\x05 \x01(\x0e\x32\x1b.vae.v1.InterpolationMethod\x12\x12\n\x05label\x18\x06 \x01(\x03H\x01\x88\x01\x01\x12#\n\x06\x66ormat\x18\x07 \x01(\x0e\x32\x13.vae.v1.ImageFormatB\x0b\n\tendpointsB\x08\n\x06_label\"\x84\x01\n\x13InterpolateResponse\x12\x1e\n\x06images\x18\x01 \x01(\x0b\x32\x0e.vae.v1.Tensor\x12\x0b\n\x03png\x18\x02 \x03(\x0c\x12\x1f\n\x07latents\x18\x03 \x01(\x0b\x32\x0e.vae.v1.Tensor\x12\x1f\n\x05model\x18\x04 \x01(\x0b\x32\x10.vae.v1.ModelRef\"6\n\x13GetModelInfoRequest\x12\x1f\n\x05model\x18\x01 \x01(\x0b\x32\x10.vae.v1.ModelRef\"\xf3\x02\n\tModelInfo\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\x0f\n\x07version\x18\x02 \x01(\x03\x12\x1a\n\x12\x61vailable_versions\x18\x03 \x03(\x03\x12\x0c\n\x04kind\x18\x04 \x01(\t\x12\x12\n\nlatent_dim\x18\x05 \x01(\x03\x12\x13\n\x0bimage_shape\x18\x06 \x03(\x03\x12\x13\n\x0bnum_classes\x18\x07 \x01(\x03\x12\x12\n\nlikelihood\x18\x08 \x01(\t\x12\x0f\n\x07\x64\x61taset\x18\t \x01(\t\x12/\n\x07metrics\x18\n \x03(\x0b\x32\x1e.vae.v1.ModelInfo.MetricsEntry\x12\x1a\n\x12\x65xecution_provider\x18\x0b \x01(\t\x12\x19\n\x11\x63heckpoint_sha256\x18\x0c \x01(\t\x12\x13\n\x0b\x65xported_at\x18\r \x01(\t\x12\r\n\x05opset\x18\x0e \x01(\x03\x1a.\n\x0cMetricsEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\x01:\x02\x38\x01\"\x13\n\x11ListModelsRequest\"7\n\x12ListModelsResponse\x12!\n\x06models\x18\x01 \x03(\x0b\x32\x11.vae.v1.ModelInfo*{\n\x0bImageFormat\x12\x1c\n\x18IMAGE_FORMAT_UNSPECIFIED\x10\x00\x12\x17\n\x13IMAGE_FORMAT_TENSOR\x10\x01\x12\x14\n\x10IMAGE_FORMAT_PNG\x10\x02\x12\x1f\n\x1bIMAGE_FORMAT_TENSOR_AND_PNG\x10\x03*\x80\x01\n\x13InterpolationMethod\x12$\n INTERPOLATION_METHOD_UNSPECIFIED\x10\x00\x12\x1f\n\x1bINTERPOLATION_METHOD_LINEAR\x10\x01\x12\"\n\x1eINTERPOLATION_METHOD_SPHERICAL\x10\x02\x32\xcb\x03\n\nVaeService\x12\x37\n\x06\x45ncode\x12\x15.vae.v1.EncodeRequest\x1a\x16.vae.v1.EncodeResponse\x12\x37\n\x06\x44\x65\x63ode\x12\x15.vae.v1.DecodeRequest\x1a\x16.vae.v1.DecodeResponse\x12\x37\n\x06Sample\x12\x15.vae.v1.SampleRequest\x1a\x16.vae.v1.SampleResponse\x12\x45\n\x0cSampleStream\x12\x1b.vae.v1.SampleStreamRequest\x1a\x16.vae.v1.SampleResponse0\x01\x12\x46\n\x0bInterpolate\x12\x1a.vae.v1.InterpolateRequest\x1a\x1b.vae.v1.InterpolateResponse\x12>\n\x0cGetModelInfo\x12\x1b.vae.v1.GetModelInfoRequest\x1a\x11.vae.v1.ModelInfo\x12\x43\n\nListModels\x12\x19.vae.v1.ListModelsRequest\x1a\x1a.vae.v1.ListModelsResponseb\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x10vae/v1/vae.proto\x12\x06vae.v1\"%\n\x06Tensor\x12\r\n\x05shape\x18\x01 \x03(\x03\x12\x0c\n\x04\x64\x61ta\x18\x02 \x01(\x0c\")\n\x08ModelRef\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\x0f\n\x07version\x18\x02 \x01(\x03\"\x8c\x01\n\rEncodeRequest\x12\x1f\n\x05model\x18\x01 \x01(\x0b\x32\x10.vae.v1.ModelRef\x12\x1e\n\x06images\x18\x02 \x01(\x0b\x32\x0e.vae.v1.Tensor\x12\x0e\n\x06labels\x18\x03 \x03(\x03\x12\x0e\n\x06sample\x18\x04 \x01(\x08\x12\x11\n\x04seed\x18\x05 \x01(\x04H\x00\x88\x01\x01\x42\x07\n\x05_seed\"\x96\x01\n\x0e\x45ncodeResponse\x12\x1c\n\x04mean\x18\x01 \x01(\x0b\x32\x0e.vae.v1.Tensor\x12$\n\x0clog_variance\x18\x02 \x01(\x0b\x32\x0e.vae.v1.Tensor\x12\x1f\n\x07latents\x18\x03 \x01(\x0b\x32\x0e.vae.v1.Tensor\x12\x1f\n\x05model\x18\x04 \x01(\x0b\x32\x10.vae.v1.ModelRef\"\x86\x01\n\rDecodeRequest\x12\x1f\n\x05model\x18\x01 \x01(\x0b\x32\x10.vae.v1.ModelRef\x12\x1f\n\x07latents\x18\x02 \x01(\x0b\x32\x0e.vae.v1.Tensor\x12\x0e\n\x06labels\x18\x03 \x03(\x03\x12#\n\x06\x66ormat\x18\x04 \x01(\x0e\x32\x13.vae.v1.ImageFormat\"^\n\x0e\x44\x65\x63odeResponse\x12\x1e\n\x06images\x18\x01 \x01(\x0b\x32\x0e.vae.v1.Tensor\x12\x0b\n\x03png\x18\x02 \x03(\x0c\x12\x1f\n\x05model\x18\x03 \x01(\x0b\x32\x10.vae.v1.ModelRef\"\xd1\x01\n\rSampleRequest\x12\x1f\n\x05model\x18\x01 \x01(\x0b\x32\x10.vae.v1.ModelRef\x12\r\n\x05\x63ount\x18\x02 \x01(\r\x12\x11\n\x04seed\x18\x03 \x01(\x04H\x00\x88\x01\x01\x12\x13\n\x0btemperature\x18\x04 \x01(\x02\x12\x12\n\x05label\x18\x05 \x01(\x03H\x01\x88\x01\x01\x12#\n\x06\x66ormat\x18\x06 \x01(\x0e\x32\x13.vae.v1.ImageFormat\x12\x1c\n\x05prior\x18\x07 \x01(\x0e\x32\r.vae.v1.PriorB\x07\n\x05_seedB\x08\n\x06_label\"\x9d\x01\n\x0eSampleResponse\x12\x1e\n\x06images\x18\x01 \x01(\x0b\x32\x0e.vae.v1.Tensor\x12\x0b\n\x03png\x18\x02 \x03(\x0c\x12\x1f\n\x07latents\x18\x03 \x01(\x0b\x32\x0e.vae.v1.Tensor\x12\x1f\n\x05model\x18\x04 \x01(\x0b\x32\x10.vae.v1.ModelRef\x12\x0c\n\x04seed\x18\x05 \x01(\x04\x12\x0e\n\x06offset\x18\x06 \x01(\x04\"\xeb\x01\n\x13SampleStreamRequest\x12\x1f\n\x05model\x18\x01 \x01(\x0b\x32\x10.vae.v1.ModelRef\x12\r\n\x05\x63ount\x18\x02 \x01(\x04\x12\x12\n\nchunk_size\x18\x03 \x01(\r\x12\x11\n\x04seed\x18\x04 \x01(\x04H\x00\x88\x01\x01\x12\x13\n\x0btemperature\x18\x05 \x01(\x02\x12\x12\n\x05label\x18\x06 \x01(\x03H\x01\x88\x01\x01\x12#\n\x06\x66ormat\x18\x07 \x01(\x0e\x32\x13.vae.v1.ImageFormat\x12\x1c\n\x05prior\x18\x08 \x01(\x0e\x32\r.vae.v1.PriorB\x07\n\x05_seedB\x08\n\x06_label\"G\n\tImagePair\x12\x1d\n\x05start\x18\x01 \x01(\x0b\x32\x0e.vae.v1.Tensor\x12\x1b\n\x03\x65nd\x18\x02 \x01(\x0b\x32\x0e.vae.v1.Tensor\"H\n\nLatentPair\x12\x1d\n\x05start\x18\x01 \x01(\x0b\x32\x0e.vae.v1.Tensor\x12\x1b\n\x03\x65nd\x18\x02 \x01(\x0b\x32\x0e.vae.v1.Tensor\"\x8d\x02\n\x12InterpolateRequest\x12\x1f\n\x05model\x18\x01 \x01(\x0b\x32\x10.vae.v1.ModelRef\x12#\n\x06images\x18\x02 \x01(\x0b\x32\x11.vae.v1.ImagePairH\x00\x12%\n\x07latents\x18\x03 \x01(\x0b\x32\x12.vae.v1.LatentPairH\x00\x12\r\n\x05steps\x18\x04 \x01(\r\x12+\n\x06method\x18\x05 \x01(\x0e\x32\x1b.vae.v1.InterpolationMethod\x12\x12\n\x05label\x18\x06 \x01(\x03H\x01\x88\x01\x01\x12#\n\x06\x66ormat\x18\x07 \x01(\x0e\x32\x13.vae.v1.ImageFormatB\x0b\n\tendpointsB\x08\n\x06_label\"\x84\x01\n\x13InterpolateResponse\x12\x1e\n\x06images\x18\x01 \x01(\x0b\x32\x0e.vae.v1.Tensor\x12\x0b\n\x03png\x18\x02 \x03(\x0c\x12\x1f\n\x07latents\x18\x03 \x01(\x0b\x32\x0e.vae.v1.Tensor\x12\x1f\n\x05model\x18\x04 \x01(\x0b\x32\x10.vae.v1.ModelRef\"6\n\x13GetModelInfoRequest\x12\x1f\n\x05model\x18\x01 \x01(\x0b\x32\x10.vae.v1.ModelRef\"\x83\x03\n\tModelInfo\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\x0f\n\x07version\x18\x02 \x01(\x03\x12\x1a\n\x12\x61vailable_versions\x18\x03 \x03(\x03\x12\x0c\n\x04kind\x18\x04 \x01(\t\x12\x12\n\nlatent_dim\x18\x05 \x01(\x03\x12\x13\n\x0bimage_shape\x18\x06 \x03(\x03\x12\x13\n\x0bnum_classes\x18\x07 \x01(\x03\x12\x12\n\nlikelihood\x18\x08 \x01(\t\x12\x0f\n\x07\x64\x61taset\x18\t \x01(\t\x12/\n\x07metrics\x18\n \x03(\x0b\x32\x1e.vae.v1.ModelInfo.MetricsEntry\x12\x1a\n\x12\x65xecution_provider\x18\x0b \x01(\t\x12\x19\n\x11\x63heckpoint_sha256\x18\x0c \x01(\t\x12\x13\n\x0b\x65xported_at\x18\r \x01(\t\x12\r\n\x05opset\x18\x0e \x01(\x03\x12\x0e\n\x06priors\x18\x0f \x03(\t\x1a.\n\x0cMetricsEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\x01:\x02\x38\x01\"\x13\n\x11ListModelsRequest\"7\n\x12ListModelsResponse\x12!\n\x06models\x18\x01 \x03(\x0b\x32\x11.vae.v1.ModelInfo*{\n\x0bImageFormat\x12\x1c\n\x18IMAGE_FORMAT_UNSPECIFIED\x10\x00\x12\x17\n\x13IMAGE_FORMAT_TENSOR\x10\x01\x12\x14\n\x10IMAGE_FORMAT_PNG\x10\x02\x12\x1f\n\x1bIMAGE_FORMAT_TENSOR_AND_PNG\x10\x03*L\n\x05Prior\x12\x15\n\x11PRIOR_UNSPECIFIED\x10\x00\x12\x19\n\x15PRIOR_STANDARD_NORMAL\x10\x01\x12\x11\n\rPRIOR_MIXTURE\x10\x02*\x80\x01\n\x13InterpolationMethod\x12$\n INTERPOLATION_METHOD_UNSPECIFIED\x10\x00\x12\x1f\n\x1bINTERPOLATION_METHOD_LINEAR\x10\x01\x12\"\n\x1eINTERPOLATION_METHOD_SPHERICAL\x10\x02\x32\xcb\x03\n\nVaeService\x12\x37\n\x06\x45ncode\x12\x15.vae.v1.EncodeRequest\x1a\x16.vae.v1.EncodeResponse\x12\x37\n\x06\x44\x65\x63ode\x12\x15.vae.v1.DecodeRequest\x1a\x16.vae.v1.DecodeResponse\x12\x37\n\x06Sample\x12\x15.vae.v1.SampleRequest\x1a\x16.vae.v1.SampleResponse\x12\x45\n\x0cSampleStream\x12\x1b.vae.v1.SampleStreamRequest\x1a\x16.vae.v1.SampleResponse0\x01\x12\x46\n\x0bInterpolate\x12\x1a.vae.v1.InterpolateRequest\x1a\x1b.vae.v1.InterpolateResponse\x12>\n\x0cGetModelInfo\x12\x1b.vae.v1.GetModelInfoRequest\x1a\x11.vae.v1.ModelInfo\x12\x43\n\nListModels\x12\x19.vae.v1.ListModelsRequest\x1a\x1a.vae.v1.ListModelsResponseb\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
@@ -33,10 +33,12 @@ if not _descriptor._USE_C_DESCRIPTORS:
   DESCRIPTOR._loaded_options = None
   _globals['_MODELINFO_METRICSENTRY']._loaded_options = None
   _globals['_MODELINFO_METRICSENTRY']._serialized_options = b'8\001'
-  _globals['_IMAGEFORMAT']._serialized_start=2251
-  _globals['_IMAGEFORMAT']._serialized_end=2374
-  _globals['_INTERPOLATIONMETHOD']._serialized_start=2377
-  _globals['_INTERPOLATIONMETHOD']._serialized_end=2505
+  _globals['_IMAGEFORMAT']._serialized_start=2327
+  _globals['_IMAGEFORMAT']._serialized_end=2450
+  _globals['_PRIOR']._serialized_start=2452
+  _globals['_PRIOR']._serialized_end=2528
+  _globals['_INTERPOLATIONMETHOD']._serialized_start=2531
+  _globals['_INTERPOLATIONMETHOD']._serialized_end=2659
   _globals['_TENSOR']._serialized_start=28
   _globals['_TENSOR']._serialized_end=65
   _globals['_MODELREF']._serialized_start=67
@@ -50,29 +52,29 @@ if not _descriptor._USE_C_DESCRIPTORS:
   _globals['_DECODERESPONSE']._serialized_start=543
   _globals['_DECODERESPONSE']._serialized_end=637
   _globals['_SAMPLEREQUEST']._serialized_start=640
-  _globals['_SAMPLEREQUEST']._serialized_end=819
-  _globals['_SAMPLERESPONSE']._serialized_start=822
-  _globals['_SAMPLERESPONSE']._serialized_end=979
-  _globals['_SAMPLESTREAMREQUEST']._serialized_start=982
-  _globals['_SAMPLESTREAMREQUEST']._serialized_end=1187
-  _globals['_IMAGEPAIR']._serialized_start=1189
-  _globals['_IMAGEPAIR']._serialized_end=1260
-  _globals['_LATENTPAIR']._serialized_start=1262
-  _globals['_LATENTPAIR']._serialized_end=1334
-  _globals['_INTERPOLATEREQUEST']._serialized_start=1337
-  _globals['_INTERPOLATEREQUEST']._serialized_end=1606
-  _globals['_INTERPOLATERESPONSE']._serialized_start=1609
-  _globals['_INTERPOLATERESPONSE']._serialized_end=1741
-  _globals['_GETMODELINFOREQUEST']._serialized_start=1743
-  _globals['_GETMODELINFOREQUEST']._serialized_end=1797
-  _globals['_MODELINFO']._serialized_start=1800
-  _globals['_MODELINFO']._serialized_end=2171
-  _globals['_MODELINFO_METRICSENTRY']._serialized_start=2125
-  _globals['_MODELINFO_METRICSENTRY']._serialized_end=2171
-  _globals['_LISTMODELSREQUEST']._serialized_start=2173
-  _globals['_LISTMODELSREQUEST']._serialized_end=2192
-  _globals['_LISTMODELSRESPONSE']._serialized_start=2194
-  _globals['_LISTMODELSRESPONSE']._serialized_end=2249
-  _globals['_VAESERVICE']._serialized_start=2508
-  _globals['_VAESERVICE']._serialized_end=2967
+  _globals['_SAMPLEREQUEST']._serialized_end=849
+  _globals['_SAMPLERESPONSE']._serialized_start=852
+  _globals['_SAMPLERESPONSE']._serialized_end=1009
+  _globals['_SAMPLESTREAMREQUEST']._serialized_start=1012
+  _globals['_SAMPLESTREAMREQUEST']._serialized_end=1247
+  _globals['_IMAGEPAIR']._serialized_start=1249
+  _globals['_IMAGEPAIR']._serialized_end=1320
+  _globals['_LATENTPAIR']._serialized_start=1322
+  _globals['_LATENTPAIR']._serialized_end=1394
+  _globals['_INTERPOLATEREQUEST']._serialized_start=1397
+  _globals['_INTERPOLATEREQUEST']._serialized_end=1666
+  _globals['_INTERPOLATERESPONSE']._serialized_start=1669
+  _globals['_INTERPOLATERESPONSE']._serialized_end=1801
+  _globals['_GETMODELINFOREQUEST']._serialized_start=1803
+  _globals['_GETMODELINFOREQUEST']._serialized_end=1857
+  _globals['_MODELINFO']._serialized_start=1860
+  _globals['_MODELINFO']._serialized_end=2247
+  _globals['_MODELINFO_METRICSENTRY']._serialized_start=2201
+  _globals['_MODELINFO_METRICSENTRY']._serialized_end=2247
+  _globals['_LISTMODELSREQUEST']._serialized_start=2249
+  _globals['_LISTMODELSREQUEST']._serialized_end=2268
+  _globals['_LISTMODELSRESPONSE']._serialized_start=2270
+  _globals['_LISTMODELSRESPONSE']._serialized_end=2325
+  _globals['_VAESERVICE']._serialized_start=2662
+  _globals['_VAESERVICE']._serialized_end=3121
 # @@protoc_insertion_point(module_scope)
