@@ -79,3 +79,12 @@ def test_train_config_round_trips_through_its_dict():
     config = TrainConfig(epochs=3, prior_candidates=(2, 5))
     again = TrainConfig.from_dict(json.loads(json.dumps(config.to_dict())))
     assert again == config
+
+
+def test_vae_train_prior_refits_exactly_the_mixture_training_wrote(trained_runs, tmp_path):
+    run = tmp_path / "run"
+    shutil.copytree(trained_runs.vae, run)
+    assert vae_train(["prior", str(run)]) == 0
+    refit, _, _ = load_mixture(run / "best.prior.npz")
+    written, _, _ = load_mixture(trained_runs.vae / "best.prior.npz")
+    assert all(np.array_equal(refit[name], written[name]) for name in written)
