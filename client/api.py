@@ -30,6 +30,13 @@ def image_tensor(images: np.ndarray) -> vae_pb2.Tensor:
     return tensor_to_proto(images)
 
 
+# What `prior` may be in sample() and sample_stream(): N(0, I), or the version's learned mixture.
+PRIORS = {
+    "standard-normal": vae_pb2.PRIOR_STANDARD_NORMAL,
+    "mixture": vae_pb2.PRIOR_MIXTURE,
+}
+
+
 class VaeClient:
     """A thin typed wrapper over the generated stub; arrays in, arrays out."""
 
@@ -89,8 +96,10 @@ class VaeClient:
         model: str = "",
         version: int = 0,
         image_format: str = "float32",
+        prior: str = "standard-normal",
     ) -> tuple[np.ndarray, np.ndarray, int]:
-        """Draw `count` images from the prior: (images (N, C, H, W), latents (N, D), seed used).
+        """Draw `count` images from the prior (`standard-normal` or `mixture`, see PRIORS):
+        (images (N, C, H, W), latents (N, D), seed used).
 
         `image_format="uint8"` returns the images as uint8 0..255, a quarter of the bytes on the wire.
         """
@@ -101,6 +110,7 @@ class VaeClient:
             seed=seed,
             label=label,
             format=IMAGE_FORMATS[image_format],
+            prior=PRIORS[prior],
         )
         response = self.stub.Sample(request, timeout=self.timeout)
         return tensor_to_numpy(response.images), tensor_to_numpy(response.latents), response.seed
@@ -115,6 +125,7 @@ class VaeClient:
         model: str = "",
         version: int = 0,
         image_format: str = "float32",
+        prior: str = "standard-normal",
     ) -> Iterator[tuple[np.ndarray, np.ndarray, int]]:
         """Stream `count` images in chunks: yields (images (n, C, H, W), latents (n, D), offset)."""
         request = vae_pb2.SampleStreamRequest(
@@ -125,6 +136,7 @@ class VaeClient:
             seed=seed,
             label=label,
             format=IMAGE_FORMATS[image_format],
+            prior=PRIORS[prior],
         )
         for chunk in self.stub.SampleStream(request, timeout=self.timeout):
             yield tensor_to_numpy(chunk.images), tensor_to_numpy(chunk.latents), chunk.offset

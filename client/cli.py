@@ -12,7 +12,7 @@ import numpy as np
 from google.protobuf import json_format
 from PIL import Image
 
-from client.api import IMAGE_FORMATS, METHODS, VaeClient
+from client.api import IMAGE_FORMATS, METHODS, PRIORS, VaeClient
 from server import options as opt
 from server.codecs import grid_png
 from server.options import StrictParser
@@ -105,6 +105,14 @@ def build_parser() -> StrictParser:
     sample.option("--seed", seed, None, "same seed, same images (none: a fresh seed)")
     sample.option("--temperature", opt.number(0), 1.0, "scale of the prior's std (0 means 1)")
     sample.option("--label", label, None, "class, for conditional models")
+    sample.option(
+        "--prior",
+        opt.choice(*PRIORS),
+        "standard-normal",
+        "N(0, I), or the Gaussian mixture fitted to the training codes, where the model has one "
+        "(`info` lists its priors)",
+        env="VAE_PRIOR",
+    )
     output_options(sample, "samples.png")
 
     encode = commands.add_parser("encode", help="images (.png/.jpg or .npy) to latent means (.npy)")
@@ -150,7 +158,13 @@ def run(args: argparse.Namespace) -> int:
         ref = {"model": args.model, "version": args.version}
         if args.command == "sample":
             images, _, seed = client.sample(
-                args.count, args.seed, args.temperature, args.label, **ref, image_format=args.wire
+                args.count,
+                args.seed,
+                args.temperature,
+                args.label,
+                **ref,
+                image_format=args.wire,
+                prior=args.prior,
             )
             print(f"seed {seed}")
             _write_images(images, args.output, args.out_format, args.columns, args.scale)

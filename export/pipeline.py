@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import re
 import time
 from dataclasses import dataclass, field
@@ -13,9 +14,19 @@ import torch
 from export.onnx_export import OPSET, convert_to_fp16, export_graphs
 from export.parity import DEFAULT_TOLERANCE, check_parity
 from export.writer import existing_sha256, write_version
-from server.repository import PRECISIONS, ModelMetadata, validate_model_name
+from server.repository import (
+    PRECISIONS,
+    GaussianMixture,
+    ModelMetadata,
+    RepositoryError,
+    validate_model_name,
+    write_mixture,
+)
 from training.checkpoint import CheckpointError, load_checkpoint, model_from_checkpoint, sha256_file
 from training.data import DatasetNotFound, load_idx_split
+from training.prior import load_mixture, prior_path
+
+QUALITY_PREFIXES = ("fd_", "precision_", "recall_", "classifier_test_accuracy")
 
 
 @dataclass
@@ -68,6 +79,45 @@ def parity_batch(
     return images, torch.arange(size) % classes, f"uniform noise: {reason}"
 
 
+def run_mixture(
+    checkpoint: Path, digest: str, latent_dim: int
+) -> tuple[GaussianMixture | None, dict, str]:
+    """The mixture prior fitted to this checkpoint (`<checkpoint>.prior.npz`), checked as the server
+    will check it, with its fit summary; or None and why (a note for the export table)."""
+    path = prior_path(checkpoint)
+    if not path.is_file():
+        return None, {}, f"no mixture prior ({path.name}; `vae-train prior` fits one)"
+    try:
+        arrays, fitted_to, summary = load_mixture(path)
+        mixture = GaussianMixture.from_arrays(arrays, latent_dim, where=str(path))
+    except (OSError, ValueError, KeyError) as exc:  # RepositoryError is a ValueError
+        raise RepositoryError(f"{path}: unreadable mixture prior ({exc})") from exc
+    if fitted_to != digest:
+        return None, {}, f"mixture prior left out: {path.name} was fitted to another checkpoint"
+    return mixture, summary, ""
+
+
+def quality_metrics(checkpoint: Path, digest: str) -> dict[str, float]:
+    """The run's sample-quality figures (metrics.json "quality"), if they are for this checkpoint."""
+    path = checkpoint.parent / "metrics.json"
+    try:
+        block = json.loads(path.read_text(encoding="utf-8")).get("quality") or {}
+    except (OSError, ValueError, AttributeError):
+        return {}
+    if block.get("checkpoint_sha256") != digest:
+        return {}
+    mixture = prior_path(checkpoint)
+    current = sha256_file(mixture) if mixture.is_file() else None
+    stale_mixture = block.get("mixture_sha256") != current  # refitted since it was measured
+    return {
+        k: float(v)
+        for k, v in block.items()
+        if k.startswith(QUALITY_PREFIXES)
+        and isinstance(v, (int, float))
+        and not (stale_mixture and k.endswith("_mixture"))
+    }
+
+
 def export_checkpoint(
     checkpoint: Path,
     repository: Path,
@@ -113,6 +163,8 @@ def export_checkpoint(
         labels = labels if model.config.num_classes else None
         config = model.config
         report = {}
+        mixture, mixture_summary, note = run_mixture(checkpoint, digest, config.latent_dim)
+        quality = quality_metrics(checkpoint, digest)
 
         def build(directory: Path) -> ModelMetadata:
             names = export_graphs(model, directory)
@@ -125,6 +177,17 @@ def export_checkpoint(
                 for k, v in document.get("metrics", {}).items()
                 if isinstance(v, (int, float))
             }
+            described: dict = {}
+            if mixture is not None:
+                described = {
+                    "components": mixture.components,
+                    "sha256": write_mixture(directory, mixture),
+                    **{
+                        k: mixture_summary[k]
+                        for k in ("covariance_type", "fit_images", "heldout_log_likelihood")
+                        if k in mixture_summary
+                    },
+                }
             return ModelMetadata(
                 name=model_name,
                 version=1,  # replaced by the writer with the next free number
@@ -136,13 +199,14 @@ def export_checkpoint(
                 opset=OPSET,
                 tensors=names,  # cvae graphs take a label; ae encoders have no log_variance
                 dataset=str(document.get("dataset", "")),
-                metrics={**metrics, "epoch": float(document.get("epoch", 0))},
+                metrics={**metrics, "epoch": float(document.get("epoch", 0)), **quality},
                 parity={**report, "tolerance": tolerance},
                 parity_inputs=source,
                 precision=precision,
                 checkpoint_sha256=digest,
                 exported_at=datetime.now(UTC).isoformat(timespec="seconds"),
                 model_config=config.to_dict(),
+                mixture=described,
             )
 
         version, _ = write_version(repository, model_name, build)
@@ -153,6 +217,7 @@ def export_checkpoint(
         model_name,
         "exported",
         version,
+        detail=note,
         parity=report,
         seconds=time.perf_counter() - started,
     )

@@ -21,6 +21,12 @@ class NotFound(ServiceError):
     code = "NOT_FOUND"
 
 
+class FailedPrecondition(ServiceError):
+    """The request is well formed but the model lacks what it needs (e.g. a mixture prior)."""
+
+    code = "FAILED_PRECONDITION"
+
+
 class ResourceExhausted(ServiceError):
     code = "RESOURCE_EXHAUSTED"
 

@@ -11,7 +11,7 @@ import numpy as np
 
 from server.batching import Batcher, BatchingConfig, BatchObserver, RunFunction
 from server.metrics import Metrics
-from server.repository import ModelMetadata
+from server.repository import GaussianMixture, ModelMetadata
 from server.runtime import ModelRuntime
 
 COMPONENTS = ("encoder", "decoder")
@@ -59,6 +59,11 @@ class ModelExecutor:
     @property
     def provider(self) -> str:
         return self.runtime.provider
+
+    @property
+    def mixture(self) -> GaussianMixture | None:
+        """The version's learned prior, loaded with it; None when it has none."""
+        return self.runtime.mixture
 
     def _observer(self, component: str) -> BatchObserver:
         name = self.runtime.metadata.name

@@ -1,8 +1,15 @@
-"""Latent-space arithmetic in numpy: prior sampling, reparameterisation, linear and spherical paths."""
+"""Latent-space arithmetic in numpy: prior sampling (N(0, I) or a learned Gaussian mixture),
+reparameterisation, linear and spherical paths."""
 
 from __future__ import annotations
 
+from statistics import NormalDist
+
 import numpy as np
+
+from server.repository import GaussianMixture
+
+_STANDARD_NORMAL = NormalDist()
 
 
 def prior_generator(seed: int) -> np.random.Generator:
@@ -22,6 +29,49 @@ def draw_prior(
 def sample_prior(count: int, latent_dim: int, seed: int, temperature: float = 1.0) -> np.ndarray:
     """z ~ N(0, temperature^2 I), shape (count, latent_dim); the same seed gives the same z."""
     return draw_prior(prior_generator(seed), count, latent_dim, temperature)
+
+
+def draw_mixture(
+    rng: np.random.Generator, count: int, mixture: GaussianMixture, temperature: float = 1.0
+) -> np.ndarray:
+    """The next `count` rows of z from the Gaussian mixture, each component's spread scaled by
+    `temperature`: z = means[k] + temperature * scale_tril[k] @ eps, k ~ weights; (count, D) float32.
+
+    Each row takes D + 1 standard normals from `rng`, in order. The first picks the component by
+    inverse-CDF sampling done in the normal domain: x < Phi^-1(w_0 + ... + w_k) has probability
+    w_0 + ... + w_k, so k is the first cumulative weight whose normal quantile exceeds x. The other D
+    are eps. One stream and a fixed number of draws per row, so drawing in chunks gives exactly the
+    rows of one call (SampleStream relies on it), as draw_prior does.
+    """
+    dim = mixture.latent_dim
+    normals = rng.standard_normal((count, dim + 1), dtype=np.float32).astype(np.float64)
+    cumulative = np.clip(np.cumsum(mixture.weights)[:-1], 1e-300, 1.0 - 1e-16)
+    thresholds = np.array([_STANDARD_NORMAL.inv_cdf(float(c)) for c in cumulative])  # (K - 1,)
+    component = np.searchsorted(thresholds, normals[:, 0], side="right")  # (count,) in 0..K-1
+    eps = normals[:, 1:]  # (count, D)
+    z = np.empty((count, dim), dtype=np.float64)
+    for k in np.unique(component):
+        rows = component == k
+        z[rows] = mixture.means[k] + temperature * (eps[rows] @ mixture.scale_tril[k].T)
+    return z.astype(np.float32)
+
+
+def draw_latents(
+    rng: np.random.Generator,
+    count: int,
+    latent_dim: int,
+    temperature: float = 1.0,
+    mixture: GaussianMixture | None = None,
+) -> np.ndarray:
+    """The next `count` latents of a Sample or SampleStream call, (count, latent_dim) float32: from
+    N(0, temperature^2 I) when `mixture` is None, else from the mixture (see draw_mixture)."""
+    if mixture is None:
+        return draw_prior(rng, count, latent_dim, temperature)
+    if mixture.latent_dim != latent_dim:
+        raise ValueError(
+            f"mixture is over {mixture.latent_dim} dimensions, the model has {latent_dim}"
+        )
+    return draw_mixture(rng, count, mixture, temperature)
 
 
 def reparameterise(mean: np.ndarray, log_variance: np.ndarray, seed: int) -> np.ndarray:

@@ -1,4 +1,5 @@
-"""The model repository format: `<repo>/<name>/<version>/{encoder.onnx,decoder.onnx,model.json}`.
+"""The model repository format: `<repo>/<name>/<version>/{encoder.onnx,decoder.onnx,model.json}`,
+plus an optional learned prior `prior.npz` (a Gaussian mixture over the latent space).
 
 This module is the single definition of that layout. `export` writes it, `server` reads it; it imports
 neither torch nor grpc.
@@ -7,21 +8,34 @@ neither torch nor grpc.
 from __future__ import annotations
 
 import dataclasses
+import hashlib
+import io
 import json
 import re
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+import numpy as np
+
 ENCODER_FILE = "encoder.onnx"
 DECODER_FILE = "decoder.onnx"
 METADATA_FILE = "model.json"
-FORMAT_VERSION = 1
+# The learned prior: plain float64 arrays in an .npz read with allow_pickle=False, never a pickle.
+MIXTURE_FILE = "prior.npz"
+MIXTURE_ARRAYS = ("weights", "means", "scale_tril")
+FORMAT_VERSION = 1  # the mixture is optional and additive: older servers ignore it
 
 MODEL_KINDS = ("vae", "cvae", "ae")
 LIKELIHOODS = ("bernoulli", "gaussian")
 # Arithmetic inside the graphs; inputs and outputs are float32 either way, so the server feeds both alike.
 PRECISIONS = ("fp32", "fp16")
+# The priors a Sample request may draw from: N(0, I), which every version has, and the mixture,
+# which a version has when model.json declares one and prior.npz holds it.
+PRIOR_STANDARD_NORMAL = "standard_normal"
+PRIOR_MIXTURE = "mixture"
+PRIORS = (PRIOR_STANDARD_NORMAL, PRIOR_MIXTURE)
+_SHA256_RE = re.compile(r"^[0-9a-f]{64}$")
 
 # Names become directory names and metric labels: letters, digits, '.', '_' and '-', not starting with
 # a dot, so no name can be '..', hidden, or contain a path separator.
@@ -73,11 +87,19 @@ class ModelMetadata:
     checkpoint_sha256: str = ""
     exported_at: str = ""
     model_config: dict[str, Any] = field(default_factory=dict)
+    # The learned prior in prior.npz, described: components, covariance_type, sha256 (of the file),
+    # fit_images, heldout_log_likelihood; empty when the version has none.
+    mixture: dict[str, Any] = field(default_factory=dict)
     format_version: int = FORMAT_VERSION
 
     @property
     def conditional(self) -> bool:
         return self.num_classes > 0
+
+    @property
+    def priors(self) -> tuple[str, ...]:
+        """The priors Sample can draw from for this version."""
+        return PRIORS if self.mixture else (PRIOR_STANDARD_NORMAL,)
 
     def to_json(self) -> str:
         data = dataclasses.asdict(self)
@@ -107,6 +129,7 @@ class ModelMetadata:
                 checkpoint_sha256=str(data.get("checkpoint_sha256", "")),
                 exported_at=str(data.get("exported_at", "")),
                 model_config=dict(data.get("model_config", {})),
+                mixture=dict(data.get("mixture", {})),
                 format_version=int(data.get("format_version", FORMAT_VERSION)),
             )
         except (KeyError, TypeError, ValueError) as exc:
@@ -132,6 +155,15 @@ class ModelMetadata:
             problems.append(f"version must be a positive integer, got {self.version}")
         if (self.kind == "cvae") != (self.num_classes > 0):
             problems.append("num_classes must be positive for kind 'cvae' and 0 otherwise")
+        if self.mixture:
+            sha = self.mixture.get("sha256")
+            components = self.mixture.get("components")
+            if not isinstance(sha, str) or not _SHA256_RE.fullmatch(sha):
+                problems.append(f"mixture.sha256 must be the 64 hex digits of {MIXTURE_FILE}")
+            if not isinstance(components, int) or components <= 0:
+                problems.append(
+                    f"mixture.components must be a positive integer, got {components!r}"
+                )
         if self.format_version > FORMAT_VERSION:
             problems.append(
                 f"format_version {self.format_version} is newer than this server reads "
@@ -159,6 +191,10 @@ class VersionPaths:
     def metadata(self) -> Path:
         return self.directory / METADATA_FILE
 
+    @property
+    def mixture(self) -> Path:
+        return self.directory / MIXTURE_FILE
+
 
 def read_metadata(version_dir: Path) -> ModelMetadata:
     """Read and validate `model.json` of one version directory, checking it matches its location."""
@@ -173,12 +209,123 @@ def read_metadata(version_dir: Path) -> ModelMetadata:
     if not isinstance(data, dict):
         raise RepositoryError(f"{paths.metadata}: expected a JSON object")
     meta = ModelMetadata.from_dict(data, where=str(paths.metadata))
+    if meta.mixture and not paths.mixture.is_file():
+        raise RepositoryError(
+            f"{version_dir}: model.json declares a mixture prior but {MIXTURE_FILE} is missing; "
+            "export the version again"
+        )
     if meta.name != version_dir.parent.name or str(meta.version) != version_dir.name:
         raise RepositoryError(
             f"{paths.metadata}: says {meta.name}/{meta.version} but lives in "
             f"{version_dir.parent.name}/{version_dir.name}"
         )
     return meta
+
+
+@dataclass(frozen=True, eq=False)
+class GaussianMixture:
+    """A Gaussian mixture over the latent space, the learned prior of a version (prior.npz).
+
+    K components in D dimensions: `weights` (K,) non-negative, summing to 1; `means` (K, D);
+    `scale_tril` (K, D, D), the lower-triangular Cholesky factor of each component's covariance
+    (positive diagonal), so a draw of component k is means[k] + scale_tril[k] @ eps, eps ~ N(0, I).
+    Every array is float64.
+    """
+
+    weights: np.ndarray
+    means: np.ndarray
+    scale_tril: np.ndarray
+
+    @property
+    def components(self) -> int:
+        return int(self.weights.shape[0])
+
+    @property
+    def latent_dim(self) -> int:
+        return int(self.means.shape[1])
+
+    @classmethod
+    def from_arrays(
+        cls, arrays: dict[str, np.ndarray], latent_dim: int, where: str = MIXTURE_FILE
+    ) -> GaussianMixture:
+        """Check shapes, finiteness, weights and triangularity; RepositoryError says what is wrong."""
+        missing = [name for name in MIXTURE_ARRAYS if name not in arrays]
+        if missing:
+            raise RepositoryError(f"{where}: missing arrays {missing}; expected {MIXTURE_ARRAYS}")
+        weights, means, scale_tril = (np.asarray(arrays[n]) for n in MIXTURE_ARRAYS)
+        for name, array in zip(MIXTURE_ARRAYS, (weights, means, scale_tril), strict=True):
+            if array.dtype.kind not in "fiu":
+                raise RepositoryError(f"{where}: {name} has dtype {array.dtype}, expected float")
+        weights, means, scale_tril = (a.astype(np.float64) for a in (weights, means, scale_tril))
+        k = weights.shape[0] if weights.ndim == 1 else 0
+        problems = []
+        if k == 0:
+            problems.append(f"weights must be a non-empty vector (K,), got shape {weights.shape}")
+        if means.shape != (k, latent_dim):
+            problems.append(f"means must be (K={k}, D={latent_dim}), got {means.shape}")
+        if scale_tril.shape != (k, latent_dim, latent_dim):
+            problems.append(
+                f"scale_tril must be (K={k}, D={latent_dim}, D={latent_dim}), got {scale_tril.shape}"
+            )
+        if problems:
+            raise RepositoryError(f"{where}: " + "; ".join(problems))
+        for name, array in zip(MIXTURE_ARRAYS, (weights, means, scale_tril), strict=True):
+            if not np.all(np.isfinite(array)):
+                problems.append(f"{name} holds NaN or infinite values")
+        if np.any(weights < 0) or abs(float(weights.sum()) - 1.0) > 1e-6:
+            problems.append(f"weights must be non-negative and sum to 1, got sum {weights.sum()}")
+        if np.any(np.triu(scale_tril, k=1) != 0):
+            problems.append("scale_tril must be lower-triangular")
+        if np.any(np.diagonal(scale_tril, axis1=1, axis2=2) <= 0):
+            problems.append("scale_tril must have a positive diagonal")
+        if problems:
+            raise RepositoryError(f"{where}: " + "; ".join(problems))
+        return cls(weights, means, scale_tril)  # as stored: a round trip keeps every bit
+
+    def to_npz_bytes(self) -> bytes:
+        buffer = io.BytesIO()
+        np.savez(buffer, weights=self.weights, means=self.means, scale_tril=self.scale_tril)
+        return buffer.getvalue()
+
+
+def write_mixture(directory: Path, mixture: GaussianMixture) -> str:
+    """Write prior.npz into a version directory being built; returns its sha256 for model.json."""
+    data = mixture.to_npz_bytes()
+    (directory / MIXTURE_FILE).write_bytes(data)
+    return hashlib.sha256(data).hexdigest()
+
+
+def read_mixture(version_dir: Path, meta: ModelMetadata) -> GaussianMixture | None:
+    """The version's mixture prior, None when model.json declares none; RepositoryError if the file
+    is missing, differs from the sha256 model.json records, or does not hold a valid mixture."""
+    if not meta.mixture:
+        return None
+    path = VersionPaths(version_dir).mixture
+    try:
+        data = path.read_bytes()
+    except OSError as exc:
+        raise RepositoryError(f"{path}: cannot read the mixture prior ({exc})") from exc
+    digest = hashlib.sha256(data).hexdigest()
+    if digest != meta.mixture["sha256"]:
+        raise RepositoryError(
+            f"{path}: sha256 {digest[:12]}... differs from the {meta.mixture['sha256'][:12]}... "
+            "that model.json records: the mixture file is corrupt or was replaced; export the "
+            "version again (vae-export --force)"
+        )
+    try:
+        with np.load(io.BytesIO(data), allow_pickle=False) as npz:
+            arrays = {name: npz[name] for name in npz.files}
+    except Exception as exc:  # zipfile, ValueError for pickled objects, truncated members ...
+        raise RepositoryError(
+            f"{path}: not a readable .npz of plain arrays ({type(exc).__name__}: {exc})"
+        ) from exc
+    mixture = GaussianMixture.from_arrays(arrays, meta.latent_dim, where=str(path))
+    if mixture.components != meta.mixture["components"]:
+        raise RepositoryError(
+            f"{path}: holds {mixture.components} components, model.json says "
+            f"{meta.mixture['components']}"
+        )
+    return mixture
 
 
 def list_versions(model_dir: Path) -> list[int]:

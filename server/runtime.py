@@ -11,7 +11,14 @@ from pathlib import Path
 import numpy as np
 import onnxruntime as ort
 
-from server.repository import ModelMetadata, RepositoryError, VersionPaths, read_metadata
+from server.repository import (
+    GaussianMixture,
+    ModelMetadata,
+    RepositoryError,
+    VersionPaths,
+    read_metadata,
+    read_mixture,
+)
 
 log = logging.getLogger(__name__)
 
@@ -107,6 +114,8 @@ class ModelRuntime:
     def __init__(self, version_dir: Path, options: RuntimeOptions | None = None) -> None:
         options = options or RuntimeOptions()
         self.metadata: ModelMetadata = read_metadata(version_dir)
+        # The learned prior, read and checked once here: a corrupt prior.npz fails the load.
+        self.mixture: GaussianMixture | None = read_mixture(version_dir, self.metadata)
         paths = VersionPaths(version_dir)
         self.encoder = _create_session(paths.encoder, options)
         self.decoder = _create_session(paths.decoder, options)

@@ -14,10 +14,11 @@ from dataclasses import dataclass
 import numpy as np
 
 from server import latent
-from server.errors import InvalidArgument, ResourceExhausted
+from server.errors import FailedPrecondition, InvalidArgument, ResourceExhausted
 from server.executor import ModelExecutor
 from server.metrics import Metrics
 from server.model_store import ModelStore
+from server.repository import PRIOR_MIXTURE, PRIOR_STANDARD_NORMAL, PRIORS, GaussianMixture
 from server.settings import Limits
 
 MAX_SEED = 2**63 - 1
@@ -175,6 +176,21 @@ class DataPlane:
             )
         return temperature, self._labels(runtime, [] if label is None else [label], 1)
 
+    def _prior_mixture(self, runtime: ModelExecutor, prior: str) -> GaussianMixture | None:
+        """What Sample/SampleStream draw z from: None for N(0, I), else the version's mixture."""
+        if prior == PRIOR_STANDARD_NORMAL:
+            return None
+        if prior != PRIOR_MIXTURE:
+            raise InvalidArgument(f"prior {prior!r} is not one of {PRIORS}")
+        if runtime.mixture is None:
+            meta = runtime.metadata
+            raise FailedPrecondition(
+                f"model {meta.name!r} version {meta.version} has no mixture prior; fit one with "
+                "`vae-train prior <run-dir>` and export the checkpoint again "
+                "(`vae-export <run-dir>/best.pt --force`), or ask for the standard normal prior"
+            )
+        return runtime.mixture
+
     async def sample(
         self,
         runtime: ModelExecutor,
@@ -182,13 +198,16 @@ class DataPlane:
         seed: int | None = None,
         temperature: float = 0.0,
         label: int | None = None,
+        prior: str = PRIOR_STANDARD_NORMAL,
     ) -> Generated:
         temperature, one_label = self._sample_params(
             runtime, count, self.limits.max_samples, temperature, label
         )
+        mixture = self._prior_mixture(runtime, prior)
         labels = None if one_label is None else np.repeat(one_label, count)
         used_seed = self._seed(seed)
-        latents = latent.sample_prior(count, runtime.metadata.latent_dim, used_seed, temperature)
+        rng = latent.prior_generator(used_seed)
+        latents = latent.draw_latents(rng, count, runtime.metadata.latent_dim, temperature, mixture)
         images = await runtime.decode(latents, labels)
         self.metrics.child(self.metrics.samples, runtime.metadata.name).inc(count)
         return Generated(images, latents, runtime, used_seed)
@@ -201,12 +220,14 @@ class DataPlane:
         seed: int | None = None,
         temperature: float = 0.0,
         label: int | None = None,
+        prior: str = PRIOR_STANDARD_NORMAL,
     ) -> AsyncIterator[Generated]:
         """Sample in chunks of `chunk_size` (0: the server's default); the latents are the same as
         one Sample call of `count` with this seed would draw, so chunking never changes the images."""
         temperature, one_label = self._sample_params(
             runtime, count, self.limits.max_stream_samples, temperature, label
         )
+        mixture = self._prior_mixture(runtime, prior)
         chunk_size = chunk_size or min(DEFAULT_STREAM_CHUNK, self.limits.max_samples)
         if not 1 <= chunk_size <= self.limits.max_samples:
             raise InvalidArgument(
@@ -218,7 +239,7 @@ class DataPlane:
         rng = latent.prior_generator(used_seed)
         for start in range(0, count, chunk_size):
             rows = min(chunk_size, count - start)
-            latents = latent.draw_prior(rng, rows, dim, temperature)  # (rows, D)
+            latents = latent.draw_latents(rng, rows, dim, temperature, mixture)  # (rows, D)
             labels = None if one_label is None else np.repeat(one_label, rows)
             images = await runtime.decode(latents, labels)
             self.metrics.child(self.metrics.samples, runtime.metadata.name).inc(rows)

@@ -17,6 +17,7 @@ from server.executor import ModelExecutor
 from server.metrics import Metrics
 from server.model_store import ModelStore
 from server.proto_gen.vae.v1 import vae_pb2, vae_pb2_grpc
+from server.repository import PRIOR_MIXTURE, PRIOR_STANDARD_NORMAL
 from server.service import DataPlane, Generated
 
 Response = TypeVar("Response")
@@ -32,6 +33,13 @@ _FLOAT_FORMATS = frozenset(
         vae_pb2.IMAGE_FORMAT_TENSOR_AND_PNG,
     )
 )
+# vae.v1.Prior -> the data plane's prior names; unspecified means the standard normal.
+_PRIORS: dict[int, str] = {
+    vae_pb2.PRIOR_UNSPECIFIED: PRIOR_STANDARD_NORMAL,
+    vae_pb2.PRIOR_STANDARD_NORMAL: PRIOR_STANDARD_NORMAL,
+    vae_pb2.PRIOR_MIXTURE: PRIOR_MIXTURE,
+}
+_PRIOR_ENUM_NAMES = {PRIOR_STANDARD_NORMAL: "PRIOR_STANDARD_NORMAL", PRIOR_MIXTURE: "PRIOR_MIXTURE"}
 
 
 @functools.cache
@@ -43,6 +51,12 @@ def _check_enum(value: int, enum: object, what: str) -> None:
     if value not in _enum_values(enum):
         names = ", ".join(enum.keys())  # type: ignore[attr-defined]
         raise InvalidArgument(f"{what} {value} is not a known value; allowed: {names}")
+
+
+def _prior(value: int) -> str:
+    """A request's `prior` as the data plane's name; INVALID_ARGUMENT for an unknown value."""
+    _check_enum(value, vae_pb2.Prior, "prior")
+    return _PRIORS[value]
 
 
 def model_ref(runtime: ModelExecutor) -> vae_pb2.ModelRef:
@@ -66,6 +80,7 @@ def model_info(runtime: ModelExecutor, versions: list[int]) -> vae_pb2.ModelInfo
         checkpoint_sha256=meta.checkpoint_sha256,
         exported_at=meta.exported_at,
         opset=meta.opset,
+        priors=[_PRIOR_ENUM_NAMES[p] for p in meta.priors],
     )
 
 
@@ -151,6 +166,7 @@ class VaeServicer(vae_pb2_grpc.VaeServiceServicer):
                 seed=request.seed if request.HasField("seed") else None,
                 temperature=request.temperature,
                 label=request.label if request.HasField("label") else None,
+                prior=_prior(request.prior),
             )
             response = vae_pb2.SampleResponse(seed=result.seed)
             set_tensor(response.latents, result.latents)
@@ -175,6 +191,7 @@ class VaeServicer(vae_pb2_grpc.VaeServiceServicer):
                 seed=request.seed if request.HasField("seed") else None,
                 temperature=request.temperature,
                 label=request.label if request.HasField("label") else None,
+                prior=_prior(request.prior),
             )
             offset = 0
             async for chunk in stream:

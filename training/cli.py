@@ -101,7 +101,9 @@ def build_parser() -> argparse.ArgumentParser:
         prog="vae-train",
         description="Train an autoencoder or VAE and write checkpoints, logs and figures to a run "
         "directory. Precedence: flags, then VAE_* variables, then --config, then defaults. "
-        "Booleans take true/false, 1/0, yes/no or on/off.",
+        "Booleans take true/false, 1/0, yes/no or on/off. "
+        "Other commands: `vae-train experiment <study>`, `vae-train classifier`, "
+        "`vae-train prior <run-dir>`, `vae-train quality <run-dir>` (each has --help).",
     )
     parser.add_argument("--config", type=Path, default=None, help="YAML file of fields to set")
     _add_fields(parser, TrainConfig(), "")
@@ -236,10 +238,20 @@ def _experiment(argv: list[str]) -> int:
     return run_experiment(argv)
 
 
+def _subcommand(argv: list[str]) -> int:
+    from training.subcommands import main as run_subcommand
+
+    return run_subcommand(argv)
+
+
 def main(argv: list[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else argv
     if argv[:1] == ["experiment"]:  # `vae-train experiment <study> ...`: the studies of reports/
         return import_or_explain("vae-train", lambda: _experiment(argv[1:]))
+    from training.subcommands import SUBCOMMANDS  # torch-free: the commands' names and parsers
+
+    if argv[:1] and argv[0] in SUBCOMMANDS:  # the quality classifier, the mixture prior, the score
+        return import_or_explain("vae-train", lambda: _subcommand(argv))
     return import_or_explain("vae-train", lambda: _train(argv))
 
 

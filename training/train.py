@@ -6,7 +6,7 @@ from __future__ import annotations
 import json
 import math
 import time
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
 from typing import Any
 
@@ -59,12 +59,28 @@ class TrainConfig:
     iwae_samples: int = 50  # k of the final IWAE bound (Burda et al. 2015 use 5000); 0 skips it
     iwae_images: int = 1000  # test images the IWAE bound averages over (0: all)
     resume: bool = False  # continue from <run_dir>/last.pt: model, optimiser, scheduler, epoch
+    # After training, a Gaussian mixture with this many components is fitted to the training set's
+    # posterior means under best.pt, the learned prior (Ghosh et al. 2020 use 10); 0 skips it.
+    prior_components: int = 10
+    # When set, the mixture's component count is the one of these with the best validation-set
+    # log-likelihood, and prior_components is ignored.
+    prior_candidates: tuple[int, ...] = ()
     model: ModelConfig = field(default_factory=ModelConfig)
 
     def to_dict(self) -> dict[str, Any]:
         data = asdict(self)
         data["model"] = self.model.to_dict()
         return data
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> TrainConfig:
+        """The inverse of to_dict, as a checkpoint stores it; unknown keys (newer fields) are left out."""
+        known = {f.name: f for f in fields(cls) if f.name != "model"}
+        values = {k: v for k, v in data.items() if k in known}
+        for name, value in values.items():
+            if isinstance(value, list):  # tuples come back from a checkpoint or JSON as lists
+                values[name] = tuple(value)
+        return cls(**values, model=ModelConfig.from_dict(data.get("model", {})))
 
     def annealing(self) -> Annealing:
         return Annealing(

@@ -96,6 +96,7 @@ def train_run(
         progress=False,
         tensorboard=False,
         figures=False,  # each study draws its own comparisons
+        prior_components=0,  # no study samples the mixture prior; it would add a fit per model
         model=model,
         **train_overrides,
     )

@@ -69,6 +69,31 @@ IMAGE_FORMAT_UINT8: ImageFormat.ValueType  # 4
 """`images` has dtype DATA_TYPE_UINT8: round(clip(x, 0, 1) * 255)"""
 Global___ImageFormat: _TypeAlias = ImageFormat  # noqa: Y015
 
+class _Prior:
+    ValueType = _typing.NewType("ValueType", _builtins.int)
+    V: _TypeAlias = ValueType  # noqa: Y015
+
+class _PriorEnumTypeWrapper(_enum_type_wrapper._EnumTypeWrapper[_Prior.ValueType], _builtins.type):
+    DESCRIPTOR: _descriptor.EnumDescriptor
+    PRIOR_UNSPECIFIED: _Prior.ValueType  # 0
+    """same as PRIOR_STANDARD_NORMAL"""
+    PRIOR_STANDARD_NORMAL: _Prior.ValueType  # 1
+    PRIOR_MIXTURE: _Prior.ValueType  # 2
+
+class Prior(_Prior, metaclass=_PriorEnumTypeWrapper):
+    """Which prior Sample and SampleStream draw z from. The mixture is a Gaussian mixture fitted to the
+    training set's posterior means after training (Ghosh et al. 2020); a version has it when
+    ModelInfo.priors lists PRIOR_MIXTURE, and asking a version without one is FAILED_PRECONDITION.
+    Plain autoencoders answer PRIOR_STANDARD_NORMAL too (decoded N(0, I) draws, poor images): the
+    mixture is what makes them generators.
+    """
+
+PRIOR_UNSPECIFIED: Prior.ValueType  # 0
+"""same as PRIOR_STANDARD_NORMAL"""
+PRIOR_STANDARD_NORMAL: Prior.ValueType  # 1
+PRIOR_MIXTURE: Prior.ValueType  # 2
+Global___Prior: _TypeAlias = Prior  # noqa: Y015
+
 class _InterpolationMethod:
     ValueType = _typing.NewType("ValueType", _builtins.int)
     V: _TypeAlias = ValueType  # noqa: Y015
@@ -304,6 +329,7 @@ class SampleRequest(_message.Message):
     TEMPERATURE_FIELD_NUMBER: _builtins.int
     LABEL_FIELD_NUMBER: _builtins.int
     FORMAT_FIELD_NUMBER: _builtins.int
+    PRIOR_FIELD_NUMBER: _builtins.int
     count: _builtins.int
     """number of images, 1..max_samples"""
     seed: _builtins.int
@@ -313,6 +339,8 @@ class SampleRequest(_message.Message):
     label: _builtins.int
     """class for conditional models (required there)"""
     format: Global___ImageFormat.ValueType
+    prior: Global___Prior.ValueType
+    """unset: N(0, I); PRIOR_MIXTURE: temperature scales each component"""
     @_builtins.property
     def model(self) -> Global___ModelRef: ...
     def __init__(
@@ -324,10 +352,11 @@ class SampleRequest(_message.Message):
         temperature: _builtins.float = ...,
         label: _builtins.int | None = ...,
         format: Global___ImageFormat.ValueType = ...,
+        prior: Global___Prior.ValueType = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["_label", b"_label", "_seed", b"_seed", "label", b"label", "model", b"model", "seed", b"seed"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["_label", b"_label", "_seed", b"_seed", "count", b"count", "format", b"format", "label", b"label", "model", b"model", "seed", b"seed", "temperature", b"temperature"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["_label", b"_label", "_seed", b"_seed", "count", b"count", "format", b"format", "label", b"label", "model", b"model", "prior", b"prior", "seed", b"seed", "temperature", b"temperature"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     _WhichOneofReturnType__label: _TypeAlias = _typing.Literal["label"]  # noqa: Y015
     _WhichOneofArgType__label: _TypeAlias = _typing.Literal["_label", b"_label"]  # noqa: Y015
@@ -397,6 +426,7 @@ class SampleStreamRequest(_message.Message):
     TEMPERATURE_FIELD_NUMBER: _builtins.int
     LABEL_FIELD_NUMBER: _builtins.int
     FORMAT_FIELD_NUMBER: _builtins.int
+    PRIOR_FIELD_NUMBER: _builtins.int
     count: _builtins.int
     """total images, 1..max_stream_samples"""
     chunk_size: _builtins.int
@@ -407,6 +437,8 @@ class SampleStreamRequest(_message.Message):
     label: _builtins.int
     """class for conditional models (required there)"""
     format: Global___ImageFormat.ValueType
+    prior: Global___Prior.ValueType
+    """as in SampleRequest"""
     @_builtins.property
     def model(self) -> Global___ModelRef: ...
     def __init__(
@@ -419,10 +451,11 @@ class SampleStreamRequest(_message.Message):
         temperature: _builtins.float = ...,
         label: _builtins.int | None = ...,
         format: Global___ImageFormat.ValueType = ...,
+        prior: Global___Prior.ValueType = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["_label", b"_label", "_seed", b"_seed", "label", b"label", "model", b"model", "seed", b"seed"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["_label", b"_label", "_seed", b"_seed", "chunk_size", b"chunk_size", "count", b"count", "format", b"format", "label", b"label", "model", b"model", "seed", b"seed", "temperature", b"temperature"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["_label", b"_label", "_seed", b"_seed", "chunk_size", b"chunk_size", "count", b"count", "format", b"format", "label", b"label", "model", b"model", "prior", b"prior", "seed", b"seed", "temperature", b"temperature"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     _WhichOneofReturnType__label: _TypeAlias = _typing.Literal["label"]  # noqa: Y015
     _WhichOneofArgType__label: _TypeAlias = _typing.Literal["_label", b"_label"]  # noqa: Y015
@@ -636,6 +669,7 @@ class ModelInfo(_message.Message):
     CHECKPOINT_SHA256_FIELD_NUMBER: _builtins.int
     EXPORTED_AT_FIELD_NUMBER: _builtins.int
     OPSET_FIELD_NUMBER: _builtins.int
+    PRIORS_FIELD_NUMBER: _builtins.int
     name: _builtins.str
     version: _builtins.int
     kind: _builtins.str
@@ -659,7 +693,11 @@ class ModelInfo(_message.Message):
 
     @_builtins.property
     def metrics(self) -> _containers.ScalarMap[_builtins.str, _builtins.float]:
-        """training figures, e.g. test_elbo"""
+        """Training figures, e.g. test_elbo, and sample quality when measured (fd_standard_normal, ...)."""
+
+    @_builtins.property
+    def priors(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]:
+        """Prior value names this version samples, e.g. PRIOR_MIXTURE"""
 
     def __init__(
         self,
@@ -678,10 +716,11 @@ class ModelInfo(_message.Message):
         checkpoint_sha256: _builtins.str = ...,
         exported_at: _builtins.str = ...,
         opset: _builtins.int = ...,
+        priors: _abc.Iterable[_builtins.str] | None = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["available_versions", b"available_versions", "checkpoint_sha256", b"checkpoint_sha256", "dataset", b"dataset", "execution_provider", b"execution_provider", "exported_at", b"exported_at", "image_shape", b"image_shape", "kind", b"kind", "latent_dim", b"latent_dim", "likelihood", b"likelihood", "metrics", b"metrics", "name", b"name", "num_classes", b"num_classes", "opset", b"opset", "version", b"version"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["available_versions", b"available_versions", "checkpoint_sha256", b"checkpoint_sha256", "dataset", b"dataset", "execution_provider", b"execution_provider", "exported_at", b"exported_at", "image_shape", b"image_shape", "kind", b"kind", "latent_dim", b"latent_dim", "likelihood", b"likelihood", "metrics", b"metrics", "name", b"name", "num_classes", b"num_classes", "opset", b"opset", "priors", b"priors", "version", b"version"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
