@@ -28,22 +28,15 @@ sys.path.insert(0, str(ROOT))
 from server.codecs import tensor_to_proto  # noqa: E402
 from server.proto_gen.vae.v1 import vae_pb2, vae_pb2_grpc  # noqa: E402
 
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from server_bench import process_tree  # noqa: E402
+
 
 def rss_mb(pid: int) -> float:
     """Resident memory of a process and all its descendants (vae-serve runs one serving process
     per core under a supervisor)."""
-    children: dict[int, list[int]] = {}
-    for entry in Path("/proc").iterdir():
-        if entry.name.isdigit():
-            try:
-                parent = int((entry / "stat").read_text().rsplit(")", 1)[1].split()[1])
-            except OSError:
-                continue
-            children.setdefault(parent, []).append(int(entry.name))
-    total, todo = 0.0, [pid]
-    while todo:
-        current = todo.pop()
-        todo.extend(children.get(current, []))
+    total = 0.0
+    for current in process_tree(pid):
         try:
             status = Path(f"/proc/{current}/status").read_text()
         except OSError:

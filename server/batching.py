@@ -94,6 +94,15 @@ def merge_inputs(batch: Sequence[Sequence[np.ndarray | None]]) -> list[np.ndarra
     ]
 
 
+async def run_model(
+    run: RunFunction, inputs: Sequence[np.ndarray | None], offload: Executor | None
+) -> Sequence[np.ndarray | None]:
+    """One model call on its own: on the loop's thread (offload None) or in `offload`."""
+    if offload is None:
+        return run(inputs)
+    return await asyncio.get_running_loop().run_in_executor(offload, run, inputs)
+
+
 class Batcher:
     """A bounded queue of one model component's requests, batched on the running event loop."""
 
@@ -118,8 +127,6 @@ class Batcher:
         self._busy = False  # a batch is scheduled or running; it schedules the next one when done
         self._timer: asyncio.TimerHandle | None = None
         self._closed = False
-        self._idle = asyncio.Event()  # set whenever nothing is queued or running
-        self._idle.set()
 
     @property
     def queued_rows(self) -> int:
@@ -130,7 +137,7 @@ class Batcher:
         rows = len(inputs[0])  # type: ignore[arg-type]
         if self._closed:
             # Unloaded while this request was on its way: run it alone rather than fail it.
-            return list(await self._call(inputs))
+            return list(await run_model(self._run, inputs, self._offload))
         limit = self.config.max_queue_rows
         if self._queue and self._queued_rows + rows > limit:
             raise ResourceExhausted(
@@ -141,16 +148,10 @@ class Batcher:
         future: asyncio.Future[Outputs] = loop.create_future()
         self._queue.append(_Pending(inputs, rows, future, time.perf_counter()))
         self._queued_rows += rows
-        self._idle.clear()
         if not self._busy:
             self._schedule(loop)
         # If the caller is cancelled here, `future` is cancelled too and its batch skips it.
         return await future
-
-    async def _call(self, inputs: Sequence[np.ndarray | None]) -> Sequence[np.ndarray | None]:
-        if self._offload is None:
-            return self._run(inputs)
-        return await asyncio.get_running_loop().run_in_executor(self._offload, self._run, inputs)
 
     def _schedule(self, loop: asyncio.AbstractEventLoop) -> None:
         """Arrange the next batch: on the next loop turn, or when the oldest request's delay is up."""
@@ -256,15 +257,9 @@ class Batcher:
         self._busy = False
         if self._queue:
             self._schedule(asyncio.get_running_loop())
-        else:
-            self._idle.set()
 
     def close(self) -> None:
         """Stop taking requests into the queue; what is queued still runs, late callers run alone."""
         self._closed = True
         if self._queue and not self._busy:
             self._schedule(asyncio.get_running_loop())
-
-    async def drained(self) -> None:
-        """Wait until nothing is queued or running."""
-        await self._idle.wait()

@@ -50,13 +50,17 @@ def images_to_uint8(images: np.ndarray) -> np.ndarray:
     return scaled.astype(UINT8)
 
 
-def element_count(shape: tuple[int, ...], what: str, max_elements: int) -> int:
-    """The element count of a request tensor's shape, refusing empty and non-positive shapes, and
-    shapes over `max_elements` (RESOURCE_EXHAUSTED), in exact integers that stop at the limit."""
+def _check_dims(shape: tuple[int, ...], what: str) -> None:
     if not shape:
         raise InvalidArgument(f"{what}: shape is empty; send the tensor's shape, e.g. [N, C, H, W]")
     if any(d <= 0 for d in shape):
         raise InvalidArgument(f"{what}: shape {list(shape)} has a non-positive dimension")
+
+
+def element_count(shape: tuple[int, ...], what: str, max_elements: int) -> int:
+    """The element count of a request tensor's shape, refusing empty and non-positive shapes, and
+    shapes over `max_elements` (RESOURCE_EXHAUSTED), in exact integers that stop at the limit."""
+    _check_dims(shape, what)
     count = 1
     for d in shape:
         count *= d
@@ -76,10 +80,7 @@ def check_shape(shape: tuple[int, ...], what: str, data_bytes: int, itemsize: in
     arithmetic: the product is taken in Python integers and stops once it passes 2**63, so a shape
     like [2**40, 2**40] or a thousand huge dimensions costs nothing and overflows nothing.
     """
-    if not shape:
-        raise InvalidArgument(f"{what}: shape is empty; send the tensor's shape, e.g. [N, C, H, W]")
-    if any(d <= 0 for d in shape):
-        raise InvalidArgument(f"{what}: shape {list(shape)} has a non-positive dimension")
+    _check_dims(shape, what)
     count, complete = 1, True
     for d in shape:
         count *= d

@@ -2,14 +2,13 @@
 
 from __future__ import annotations
 
-import asyncio
 import time
 from collections.abc import Sequence
 from concurrent.futures import Executor
 
 import numpy as np
 
-from server.batching import Batcher, BatchingConfig, BatchObserver, RunFunction
+from server.batching import Batcher, BatchingConfig, BatchObserver, RunFunction, run_model
 from server.metrics import Metrics
 from server.repository import GaussianMixture, ModelMetadata
 from server.runtime import ModelRuntime
@@ -85,12 +84,8 @@ class ModelExecutor:
         batcher = self._batchers.get(component)
         if batcher is not None:
             return await batcher.submit(inputs)
-        run = self._runs[component]
         start = time.perf_counter()
-        if self.offload is None:
-            outputs = run(inputs)
-        else:
-            outputs = await asyncio.get_running_loop().run_in_executor(self.offload, run, inputs)
+        outputs = await run_model(self._runs[component], inputs, self.offload)
         rows = len(inputs[0])  # type: ignore[arg-type]
         self.metrics.observe_batch(
             self.runtime.metadata.name, component, rows, time.perf_counter() - start, [0.0]
@@ -113,7 +108,3 @@ class ModelExecutor:
         """Stop batching (call on the event loop); queued work still runs, late callers run alone."""
         for batcher in self._batchers.values():
             batcher.close()
-
-    async def drained(self) -> None:
-        for batcher in self._batchers.values():
-            await batcher.drained()

@@ -57,13 +57,8 @@ class HealthServicer(health_pb2_grpc.HealthServicer):
             return NOT_SERVING  # another process is starting, restarting or draining
         return local
 
-    async def set(self, service: str, status: int) -> None:
-        """Set one service's status (on the event loop) and wake its watchers."""
-        self._status[service] = status
-        async with self._changed:
-            self._changed.notify_all()
-
     async def set_many(self, services: Iterable[str], status: int) -> None:
+        """Set these services' status (on the event loop) and wake their watchers."""
         for service in services:
             self._status[service] = status
         async with self._changed:

@@ -36,11 +36,11 @@ from multiprocessing.connection import wait as wait_for_sentinels
 from types import FrameType
 from typing import Any
 
+from server.metrics import MULTIPROC_ENV
 from server.settings import Settings
 
 log = logging.getLogger(__name__)
 
-MULTIPROC_ENV = "PROMETHEUS_MULTIPROC_DIR"  # read by prometheus_client when it is imported
 STARTUP_TIMEOUT_SECONDS = 300.0  # loading and warming big models on a slow disk
 RESTART_PAUSE_MAX_SECONDS = 30.0
 YOUNG_SECONDS = 10.0  # a child that dies sooner than this after its start counts as crash-looping
