@@ -30,10 +30,12 @@ def image_tensor(images: np.ndarray) -> vae_pb2.Tensor:
     return tensor_to_proto(images)
 
 
-# What `prior` may be in sample() and sample_stream(): N(0, I), or the version's learned mixture.
+# What `prior` may be in sample() and sample_stream(): N(0, I), or one of the version's learned
+# priors, the mixture or the two-stage prior (ModelInfo.priors lists those it has).
 PRIORS = {
     "standard-normal": vae_pb2.PRIOR_STANDARD_NORMAL,
     "mixture": vae_pb2.PRIOR_MIXTURE,
+    "two-stage": vae_pb2.PRIOR_TWO_STAGE,
 }
 
 
@@ -98,7 +100,7 @@ class VaeClient:
         image_format: str = "float32",
         prior: str = "standard-normal",
     ) -> tuple[np.ndarray, np.ndarray, int]:
-        """Draw `count` images from the prior (`standard-normal` or `mixture`, see PRIORS):
+        """Draw `count` images from the prior (`standard-normal`, `mixture` or `two-stage`; PRIORS):
         (images (N, C, H, W), latents (N, D), seed used).
 
         `image_format="uint8"` returns the images as uint8 0..255, a quarter of the bytes on the wire.

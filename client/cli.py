@@ -109,8 +109,9 @@ def build_parser() -> StrictParser:
         "--prior",
         opt.choice(*PRIORS),
         "standard-normal",
-        "N(0, I), or the Gaussian mixture fitted to the training codes, where the model has one "
-        "(`info` lists its priors)",
+        "N(0, I), or a learned prior where the model has one: the Gaussian mixture fitted to "
+        "the training codes, or the two-stage prior (`info` lists its priors and the "
+        "recommended one)",
         env="VAE_PRIOR",
     )
     output_options(sample, "samples.png")

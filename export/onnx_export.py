@@ -66,7 +66,8 @@ def tensor_names(model: GenerativeModel) -> TensorNames:
     )
 
 
-def _export(module: nn.Module, args: tuple, path: Path, inputs, outputs) -> None:
+def export_module(module: nn.Module, args: tuple, path: Path, inputs, outputs) -> None:
+    """`module` as ONNX at the pinned opset with a dynamic batch axis on every input, checked."""
     batch = torch.export.Dim("batch", min=1, max=1 << 20)
     dynamic_shapes = tuple({0: batch} for _ in args)
     # The exporter reports progress on stdout and warns about its own internals; keep the CLI quiet.
@@ -136,14 +137,14 @@ def export_graphs(model: GenerativeModel, out_dir: Path) -> TensorNames:
     model = model.eval()
     names = tensor_names(model)
     encoder_args, decoder_args = _example_inputs(model, batch=2)
-    _export(
+    export_module(
         EncoderGraph(model),
         encoder_args,
         out_dir / "encoder.onnx",
         names.encoder_inputs,
         names.encoder_outputs,
     )
-    _export(
+    export_module(
         DecoderGraph(model),
         decoder_args,
         out_dir / "decoder.onnx",

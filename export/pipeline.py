@@ -8,14 +8,20 @@ import time
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
+from typing import Any
 
 import torch
 
 from export.onnx_export import OPSET, convert_to_fp16, export_graphs
 from export.parity import DEFAULT_TOLERANCE, check_parity
+from export.prior_export import check_prior_parity, describe_two_stage, export_prior_decoder
 from export.writer import existing_sha256, write_version
 from server.repository import (
     PRECISIONS,
+    PRIOR_MIXTURE,
+    PRIOR_STANDARD_NORMAL,
+    PRIOR_TWO_STAGE,
+    PRIORS,
     GaussianMixture,
     ModelMetadata,
     RepositoryError,
@@ -25,8 +31,12 @@ from server.repository import (
 from training.checkpoint import CheckpointError, load_checkpoint, model_from_checkpoint, sha256_file
 from training.data import DatasetNotFound, load_idx_split
 from training.prior import load_mixture, prior_path
+from training.two_stage import SecondStageVAE, load_two_stage, two_stage_path
 
-QUALITY_PREFIXES = ("fd_", "precision_", "recall_", "classifier_test_accuracy")
+QUALITY_PREFIXES = ("fd_", "precision_", "recall_")
+# The run file behind each learned prior, whose sha256 `vae-train quality` records: figures of a
+# prior refitted since are stale and left out.
+PRIOR_FILES = {PRIOR_MIXTURE: prior_path, PRIOR_TWO_STAGE: two_stage_path}
 
 
 @dataclass
@@ -97,25 +107,49 @@ def run_mixture(
     return mixture, summary, ""
 
 
-def quality_metrics(checkpoint: Path, digest: str) -> dict[str, float]:
-    """The run's sample-quality figures (metrics.json "quality"), if they are for this checkpoint."""
+def run_two_stage(checkpoint: Path, digest: str) -> tuple[SecondStageVAE | None, dict, str]:
+    """The two-stage prior trained on this checkpoint's codes (`<checkpoint>.two_stage.pt`) with its
+    summary; or None and why (a note for the export table)."""
+    path = two_stage_path(checkpoint)
+    if not path.is_file():
+        return None, {}, f"no two-stage prior ({path.name}; `vae-train prior --kind two-stage`)"
+    second_stage, fitted_to, summary = load_two_stage(path)  # CheckpointError: the export fails
+    if fitted_to != digest:
+        return None, {}, f"two-stage prior left out: {path.name} was trained on another checkpoint"
+    return second_stage, summary, ""
+
+
+def quality_metrics(checkpoint: Path, digest: str, priors: tuple[str, ...]) -> dict[str, Any]:
+    """The run's sample-quality figures (metrics.json "quality") for the `priors` the version
+    carries, if measured on this checkpoint and on the prior files as they are now; and the
+    recommended prior with its temperature when it is among them ("recommended_prior", ...)."""
     path = checkpoint.parent / "metrics.json"
     try:
         block = json.loads(path.read_text(encoding="utf-8")).get("quality") or {}
     except (OSError, ValueError, AttributeError):
         return {}
-    if block.get("checkpoint_sha256") != digest:
+    if not isinstance(block, dict) or block.get("checkpoint_sha256") != digest:
         return {}
-    mixture = prior_path(checkpoint)
-    current = sha256_file(mixture) if mixture.is_file() else None
-    stale_mixture = block.get("mixture_sha256") != current  # refitted since it was measured
-    return {
+    current = {PRIOR_STANDARD_NORMAL}
+    for prior, where in PRIOR_FILES.items():
+        file = where(checkpoint)
+        if prior in priors and file.is_file() and block.get(f"{prior}_sha256") == sha256_file(file):
+            current.add(prior)
+    pattern = re.compile(r"^(?:fd|precision|recall)_(" + "|".join(current) + r")(?:_t[0-9.]+)?$")
+    figures: dict[str, Any] = {
         k: float(v)
         for k, v in block.items()
-        if k.startswith(QUALITY_PREFIXES)
-        and isinstance(v, (int, float))
-        and not (stale_mixture and k.endswith("_mixture"))
+        if pattern.match(k) and isinstance(v, int | float) and not isinstance(v, bool)
     }
+    if isinstance(block.get("classifier_test_accuracy"), int | float):
+        figures["classifier_test_accuracy"] = float(block["classifier_test_accuracy"])
+    recommended = block.get("recommended") or {}
+    # Chosen among every prior measured: it stands only if all of them are still current.
+    measured = set(block.get("priors", [])) & set(PRIORS)
+    if recommended.get("prior") in current and measured <= current:
+        figures["recommended_prior"] = recommended["prior"]
+        figures["recommended_temperature"] = float(recommended["temperature"])
+    return figures
 
 
 def export_checkpoint(
@@ -164,7 +198,16 @@ def export_checkpoint(
         config = model.config
         report = {}
         mixture, mixture_summary, note = run_mixture(checkpoint, digest, config.latent_dim)
-        quality = quality_metrics(checkpoint, digest)
+        second_stage, second_stage_summary, second_note = run_two_stage(checkpoint, digest)
+        note = "; ".join(n for n in (note, second_note) if n)
+        carried = (
+            PRIOR_STANDARD_NORMAL,
+            *((PRIOR_MIXTURE,) if mixture is not None else ()),
+            *((PRIOR_TWO_STAGE,) if second_stage is not None else ()),
+        )
+        quality = quality_metrics(checkpoint, digest, carried)
+        recommended_prior = str(quality.pop("recommended_prior", ""))
+        recommended_temperature = float(quality.pop("recommended_temperature", 1.0))
 
         def build(directory: Path) -> ModelMetadata:
             names = export_graphs(model, directory)
@@ -188,6 +231,15 @@ def export_checkpoint(
                         if k in mixture_summary
                     },
                 }
+            two_stage: dict = {}
+            if second_stage is not None:
+                # Always float32 (an fp16 version too): it is small, and its parity bound is 1e-4.
+                prior_file = export_prior_decoder(second_stage, directory)
+                parity = check_prior_parity(second_stage, prior_file)
+                two_stage = describe_two_stage(
+                    second_stage, sha256_file(prior_file), parity, second_stage_summary
+                )
+                report["prior_decoder_max_abs_diff"] = parity.max_abs_diff
             return ModelMetadata(
                 name=model_name,
                 version=1,  # replaced by the writer with the next free number
@@ -207,6 +259,9 @@ def export_checkpoint(
                 exported_at=datetime.now(UTC).isoformat(timespec="seconds"),
                 model_config=config.to_dict(),
                 mixture=described,
+                two_stage=two_stage,
+                recommended_prior=recommended_prior,
+                recommended_temperature=recommended_temperature,
             )
 
         version, _ = write_version(repository, model_name, build)

@@ -1,5 +1,6 @@
 """The model repository format: `<repo>/<name>/<version>/{encoder.onnx,decoder.onnx,model.json}`,
-plus an optional learned prior `prior.npz` (a Gaussian mixture over the latent space).
+plus optional learned priors: `prior.npz` (a Gaussian mixture over the latent space) and
+`prior_decoder.onnx` (the decoder of a two-stage prior, noise -> latent).
 
 This module is the single definition of that layout. `export` writes it, `server` reads it; it imports
 neither torch nor grpc.
@@ -24,17 +25,29 @@ METADATA_FILE = "model.json"
 # The learned prior: plain float64 arrays in an .npz read with allow_pickle=False, never a pickle.
 MIXTURE_FILE = "prior.npz"
 MIXTURE_ARRAYS = ("weights", "means", "scale_tril")
-FORMAT_VERSION = 1  # the mixture is optional and additive: older servers ignore it
+# The two-stage prior (Dai & Wipf 2019): a graph noise (N, noise_dim) float32 -> latent (N, D)
+# float32, deterministic. A Sample at temperature T draws noise ~ N(0, T^2 I) exactly as it draws
+# N(0, I) latents (numpy default_rng(seed).standard_normal((N, noise_dim), dtype=float32), then
+# multiplied in place by float32(T) when T != 1), runs this graph, then decoder.onnx on its output.
+PRIOR_DECODER_FILE = "prior_decoder.onnx"
+# The largest |ONNX - PyTorch| a prior decoder may have been exported with (float32, always).
+PRIOR_DECODER_TOLERANCE = 1e-4
+# 1 still: every learned prior is optional and additive. An older server reads the fields it knows
+# (from_dict ignores the rest: two_stage, recommended_prior, recommended_temperature) and never opens
+# prior_decoder.onnx, so it serves N(0, I) and the mixture of a new version correctly.
+FORMAT_VERSION = 1
 
 MODEL_KINDS = ("vae", "cvae", "ae")
 LIKELIHOODS = ("bernoulli", "gaussian")
 # Arithmetic inside the graphs; inputs and outputs are float32 either way, so the server feeds both alike.
 PRECISIONS = ("fp32", "fp16")
-# The priors a Sample request may draw from: N(0, I), which every version has, and the mixture,
-# which a version has when model.json declares one and prior.npz holds it.
+# The priors a Sample request may draw from: N(0, I), which every version has; the mixture, which a
+# version has when model.json declares one and prior.npz holds it; the two-stage prior, when
+# model.json declares one (two_stage) and prior_decoder.onnx holds it.
 PRIOR_STANDARD_NORMAL = "standard_normal"
 PRIOR_MIXTURE = "mixture"
-PRIORS = (PRIOR_STANDARD_NORMAL, PRIOR_MIXTURE)
+PRIOR_TWO_STAGE = "two_stage"
+PRIORS = (PRIOR_STANDARD_NORMAL, PRIOR_MIXTURE, PRIOR_TWO_STAGE)
 _SHA256_RE = re.compile(r"^[0-9a-f]{64}$")
 
 # Names become directory names and metric labels: letters, digits, '.', '_' and '-', not starting with
@@ -90,6 +103,16 @@ class ModelMetadata:
     # The learned prior in prior.npz, described: components, covariance_type, sha256 (of the file),
     # fit_images, heldout_log_likelihood; empty when the version has none.
     mixture: dict[str, Any] = field(default_factory=dict)
+    # The two-stage prior in prior_decoder.onnx, described: sha256 (of the file), input and output
+    # (tensor names), noise_dim, latent_dim, parity (max_abs_diff, max_rel_diff, batch, tolerance)
+    # and the second stage's training figures; empty when the version has none. Checked by
+    # read_prior_decoder, not by validate(): a bad prior is refused alone, the version still serves.
+    two_stage: dict[str, Any] = field(default_factory=dict)
+    # The prior (and its temperature) that sample quality recommends: the lowest Fréchet distance
+    # among the priors whose recall is at least 0.8 x that of N(0, I) (training/recommend.py);
+    # "" when not measured, and then N(0, I) at temperature 1 is the default.
+    recommended_prior: str = ""
+    recommended_temperature: float = 1.0
     format_version: int = FORMAT_VERSION
 
     @property
@@ -98,8 +121,13 @@ class ModelMetadata:
 
     @property
     def priors(self) -> tuple[str, ...]:
-        """The priors Sample can draw from for this version."""
-        return PRIORS if self.mixture else (PRIOR_STANDARD_NORMAL,)
+        """The priors this version declares, in PRIORS order. A server lists those that loaded:
+        a bad prior file is refused alone (read_mixture, read_prior_decoder)."""
+        declared = {PRIOR_STANDARD_NORMAL, *(p for p, d in self._learned().items() if d)}
+        return tuple(p for p in PRIORS if p in declared)
+
+    def _learned(self) -> dict[str, dict[str, Any]]:
+        return {PRIOR_MIXTURE: self.mixture, PRIOR_TWO_STAGE: self.two_stage}
 
     def to_json(self) -> str:
         data = dataclasses.asdict(self)
@@ -130,6 +158,9 @@ class ModelMetadata:
                 exported_at=str(data.get("exported_at", "")),
                 model_config=dict(data.get("model_config", {})),
                 mixture=dict(data.get("mixture", {})),
+                two_stage=dict(data.get("two_stage", {})),
+                recommended_prior=str(data.get("recommended_prior", "")),
+                recommended_temperature=float(data.get("recommended_temperature", 1.0)),
                 format_version=int(data.get("format_version", FORMAT_VERSION)),
             )
         except (KeyError, TypeError, ValueError) as exc:
@@ -164,6 +195,16 @@ class ModelMetadata:
                 problems.append(
                     f"mixture.components must be a positive integer, got {components!r}"
                 )
+        if self.recommended_prior and self.recommended_prior not in self.priors:
+            problems.append(
+                f"recommended_prior {self.recommended_prior!r} is not a prior this version has "
+                f"({', '.join(self.priors)}); export the version again"
+            )
+        if not (0 < self.recommended_temperature < float("inf")):
+            problems.append(
+                f"recommended_temperature must be a positive number, got "
+                f"{self.recommended_temperature}"
+            )
         if self.format_version > FORMAT_VERSION:
             problems.append(
                 f"format_version {self.format_version} is newer than this server reads "
@@ -194,6 +235,10 @@ class VersionPaths:
     @property
     def mixture(self) -> Path:
         return self.directory / MIXTURE_FILE
+
+    @property
+    def prior_decoder(self) -> Path:
+        return self.directory / PRIOR_DECODER_FILE
 
 
 def read_metadata(version_dir: Path) -> ModelMetadata:
@@ -326,6 +371,80 @@ def read_mixture(version_dir: Path, meta: ModelMetadata) -> GaussianMixture | No
             f"{meta.mixture['components']}"
         )
     return mixture
+
+
+@dataclass(frozen=True)
+class PriorDecoder:
+    """The two-stage prior's graph as checked bytes, for an onnxruntime session, and how to feed it:
+    `input` takes (N, noise_dim) float32 noise, `output` gives (N, latent_dim) float32 latents."""
+
+    model_bytes: bytes
+    input: str
+    output: str
+    noise_dim: int
+    latent_dim: int
+
+
+def two_stage_problems(meta: ModelMetadata) -> list[str]:
+    """What is wrong with model.json's two_stage block (empty: nothing, or no block)."""
+    block = meta.two_stage
+    if not block:
+        return []
+    problems = []
+    sha = block.get("sha256")
+    if not isinstance(sha, str) or not _SHA256_RE.fullmatch(sha):
+        problems.append(f"two_stage.sha256 must be the 64 hex digits of {PRIOR_DECODER_FILE}")
+    for key in ("input", "output"):
+        if not isinstance(block.get(key), str) or not block[key]:
+            problems.append(f"two_stage.{key} must name the graph's {key} tensor")
+    noise_dim, latent_dim = block.get("noise_dim"), block.get("latent_dim")
+    if not isinstance(noise_dim, int) or isinstance(noise_dim, bool) or noise_dim <= 0:
+        problems.append(f"two_stage.noise_dim must be a positive integer, got {noise_dim!r}")
+    if latent_dim != meta.latent_dim:
+        problems.append(
+            f"two_stage.latent_dim must equal the model's latent_dim {meta.latent_dim}, got "
+            f"{latent_dim!r}"
+        )
+    parity = block.get("parity")
+    worst = parity.get("max_abs_diff") if isinstance(parity, dict) else None
+    if not isinstance(worst, int | float) or not 0 <= worst <= PRIOR_DECODER_TOLERANCE:
+        problems.append(
+            f"two_stage.parity.max_abs_diff must be a number in [0, {PRIOR_DECODER_TOLERANCE:g}] "
+            f"(the export's ONNX-vs-PyTorch check), got {worst!r}"
+        )
+    return problems
+
+
+def read_prior_decoder(version_dir: Path, meta: ModelMetadata) -> PriorDecoder | None:
+    """The version's two-stage prior decoder, None when model.json declares none; RepositoryError
+    (one line: what is wrong, how to fix it) when the block is malformed, the file is missing or
+    differs from the sha256 model.json records. The server then serves the version without it."""
+    if not meta.two_stage:
+        return None
+    path = VersionPaths(version_dir).prior_decoder
+    problems = two_stage_problems(meta)
+    if problems:
+        raise RepositoryError(
+            f"{version_dir / METADATA_FILE}: " + "; ".join(problems) + "; export the version again"
+        )
+    try:
+        data = path.read_bytes()
+    except FileNotFoundError:
+        raise RepositoryError(
+            f"{path}: missing, but model.json declares a two-stage prior; export the version "
+            "again (vae-export --force)"
+        ) from None
+    except OSError as exc:
+        raise RepositoryError(f"{path}: cannot read the two-stage prior ({exc})") from exc
+    digest = hashlib.sha256(data).hexdigest()
+    if digest != meta.two_stage["sha256"]:
+        raise RepositoryError(
+            f"{path}: sha256 {digest[:12]}... differs from the {meta.two_stage['sha256'][:12]}... "
+            "that model.json records: the prior decoder is corrupt or was replaced; export the "
+            "version again (vae-export --force)"
+        )
+    block = meta.two_stage
+    return PriorDecoder(data, block["input"], block["output"], block["noise_dim"], meta.latent_dim)
 
 
 def list_versions(model_dir: Path) -> list[int]:

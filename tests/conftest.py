@@ -53,6 +53,9 @@ def tiny_train_config(run_dir: Path, data_dir: Path, **model_overrides):
         train_subset=1000,
         max_steps=30,
         eval_batch_size=500,
+        # The two-stage prior is trained where a test asks for it (tests/test_two_stage.py): the
+        # shared runs stay quick, and their versions carry N(0, I) and the mixture.
+        prior_two_stage=False,
         model=model,
     )
 

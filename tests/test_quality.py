@@ -159,3 +159,71 @@ def test_quality_without_a_classifier_says_how_to_train_one(trained_runs, tmp_pa
     shutil.copytree(trained_runs.vae, run)
     assert vae_train(["quality", str(run), "--classifier", str(tmp_path / "none.pt")]) == 2
     assert "vae-train classifier --dataset mnist" in capsys.readouterr().err
+
+
+# --- every prior, several temperatures, the recommendation ---------------------------------------
+
+
+@pytest.fixture(scope="module")
+def run_with_every_prior(trained_runs, classifier_file, tmp_path_factory):
+    """The tiny VAE with its mixture, a two-stage prior and a means-only mixture to compare, scored
+    at temperatures 1 and 1.5 over two sampling seeds."""
+    from training.two_stage import TwoStageConfig, fit_run_two_stage
+
+    run = tmp_path_factory.mktemp("every-prior") / "tiny-vae"
+    shutil.copytree(trained_runs.vae, run)
+    fit_run_two_stage(run, config=TwoStageConfig(hidden_dims=(16,), epochs=2))
+    means = run / "best.means.prior.npz"
+    assert vae_train(["prior", str(run), "--fit-to", "means", "--output", str(means)]) == 0
+    argv = ["quality", str(run), "--classifier", str(classifier_file), "--samples", "300"]
+    argv += ["--seeds", "0", "1", "--temperatures", "1.5", "--extra-mixture", f"means={means}"]
+    assert vae_train(argv) == 0
+    return run
+
+
+def test_quality_scores_every_prior_at_every_temperature(run_with_every_prior):
+    quality = json.loads((run_with_every_prior / "metrics.json").read_text())["quality"]
+    assert quality["priors"] == ["standard_normal", "mixture", "means", "two_stage"]
+    for prior in ("standard_normal", "mixture", "two_stage"):
+        for suffix in ("", "_t1.5"):
+            assert quality[f"fd_{prior}{suffix}"] > 0
+            assert len(quality["per_seed"][f"recall_{prior}{suffix}"]) == 2
+    assert "fd_means" in quality and "fd_means_t1.5" not in quality  # a comparison: 1 only
+    assert quality["fd_mixture"] == pytest.approx(np.mean(quality["per_seed"]["fd_mixture"]))
+
+
+def test_the_recommended_prior_follows_the_rule(run_with_every_prior):
+    quality = json.loads((run_with_every_prior / "metrics.json").read_text())["quality"]
+    chosen = quality["recommended"]
+    qualifying = [c for c in chosen["candidates"] if c["qualifies"]]
+    assert chosen["fd"] == min(c["fd"] for c in qualifying)
+    assert chosen["recall"] >= 0.8 * quality["recall_standard_normal"]
+    assert chosen["precision"] >= quality["precision_standard_normal"]
+    assert "means" not in {c["prior"] for c in chosen["candidates"]}  # never recommended
+
+
+def test_export_carries_the_recommendation_and_the_served_priors_figures(
+    run_with_every_prior, mnist_dir, tmp_path
+):
+    assert export_checkpoint(run_with_every_prior / "best.pt", tmp_path, data_dir=mnist_dir).version
+    meta = read_metadata(tmp_path / "tiny-vae" / "1")
+    chosen = json.loads((run_with_every_prior / "metrics.json").read_text())["quality"][
+        "recommended"
+    ]
+    assert (meta.recommended_prior, meta.recommended_temperature) == (
+        chosen["prior"], chosen["temperature"],
+    )  # fmt: skip
+    assert "fd_two_stage_t1.5" in meta.metrics and "fd_means" not in meta.metrics
+
+
+def test_a_refitted_two_stage_prior_drops_its_figures_and_the_recommendation(
+    run_with_every_prior, mnist_dir, tmp_path
+):
+    run = tmp_path / "tiny-vae"
+    shutil.copytree(run_with_every_prior, run)
+    argv = ["prior", str(run), "--kind", "two-stage", "--epochs", "1", "--hidden-dims", "8"]
+    assert vae_train(argv) == 0
+    assert export_checkpoint(run / "best.pt", tmp_path / "repo", data_dir=mnist_dir).version == 1
+    meta = read_metadata(tmp_path / "repo" / "tiny-vae" / "1")
+    assert "fd_two_stage" not in meta.metrics and "fd_mixture" in meta.metrics
+    assert meta.recommended_prior == "" and meta.two_stage["epochs"] == 1

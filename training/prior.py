@@ -1,17 +1,21 @@
-"""The learned prior: a Gaussian mixture fitted to the training set's posterior means after training
-(ex-post density estimation, Ghosh et al. 2020, "From Variational to Deterministic Autoencoders",
-section 4), written beside the checkpoint as `<checkpoint>.prior.npz` of plain arrays.
+"""The learned mixture prior: a Gaussian mixture fitted after training to the aggregate posterior
+q(z) = mean over training images of q(z | x) (ex-post density estimation, Ghosh et al. 2020, section
+4), written beside the checkpoint as `<checkpoint>.prior.npz` of plain arrays.
 
 Decoding draws from N(0, I) leaves the regions that the aggregate posterior never fills, and a plain
 autoencoder's codes are not N(0, I) at all; a mixture fitted to where the codes actually are answers
-both. `vae-export` copies the file into the model's repository version (server/repository.py).
+both. Ghosh et al. fit the posterior *means*; for a VAE that drops the spread of each q(z | x) that
+the decoder was trained on, and the mixture then samples the modes and misses the tails (recall falls,
+reports/sample-quality). So by default the mixture is fitted to several draws z ~ q(z | x) of every
+training image ("draws"); "means" is the earlier fit, kept as the baseline. `vae-export` copies the
+file into the model's repository version (server/repository.py).
 """
 
 from __future__ import annotations
 
 import json
 import time
-from collections.abc import Iterable, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -20,11 +24,16 @@ import numpy as np
 import torch
 
 from training.checkpoint import load_checkpoint, model_from_checkpoint, sha256_file
-from training.models import GenerativeModel
+from training.codes import Codes, load_run, split_codes
 
 COVARIANCE_TYPES = ("full", "diag")
 DEFAULT_COMPONENTS = 10  # Ghosh et al. 2020 fit a 10-component GMM for their ex-post priors
-Batch = tuple[torch.Tensor, torch.Tensor]
+# What the mixture is fitted to: draws from each image's q(z | x) (the aggregate posterior), or the
+# posterior means alone (Ghosh et al.'s fit, the baseline of reports/sample-quality).
+FIT_TARGETS = ("draws", "means")
+# Draws per training image: 4 x 55,000 Fashion-MNIST images is 220,000 points for a 10-component
+# mixture in 20-D, enough that the fit's own sampling noise is small next to the seed spread.
+DEFAULT_DRAWS = 4
 
 
 def prior_path(checkpoint: Path) -> Path:
@@ -32,18 +41,14 @@ def prior_path(checkpoint: Path) -> Path:
     return checkpoint.with_suffix(".prior.npz")
 
 
-@torch.no_grad()
-def posterior_means(model: GenerativeModel, batches: Iterable[Batch]) -> np.ndarray:
-    """E_q[z | x] of every image of `batches` (the code itself for an autoencoder): (N, D) float64."""
-    was_training = model.training
-    model.eval()
-    device = next(model.parameters()).device
-    chunks = []
-    for images, labels in batches:
-        images, labels = images.to(device), labels.to(device)
-        chunks.append(model.encode(images, model.condition_labels(labels))[0].double().cpu())
-    model.train(was_training)
-    return torch.cat(chunks).numpy()
+def fit_points(codes: Codes, fit_to: str, draws: int, seed: int) -> tuple[np.ndarray, str, int]:
+    """The points a mixture is fitted to (M, D), what they are ("draws" or "means": an autoencoder
+    has no posterior spread, so its draws are its means) and how many per image."""
+    if fit_to not in FIT_TARGETS:
+        raise ValueError(f"fit_to {fit_to!r} is not one of {FIT_TARGETS}")
+    if fit_to == "means" or codes.log_variances is None:
+        return codes.means, "means", 1
+    return codes.draws(draws, np.random.default_rng(seed)), "draws", draws
 
 
 @dataclass
@@ -54,12 +59,14 @@ class FittedMixture:
     means: np.ndarray  # (K, D)
     scale_tril: np.ndarray  # (K, D, D), lower-triangular Cholesky factors of the covariances
     covariance_type: str
-    fit_images: int
+    fit_images: int  # training images (each gives draws_per_image points)
     heldout_images: int
     heldout_log_likelihood: float | None  # mean log-density per held-out code (nats); None: none
     candidates: list[int] = field(default_factory=list)  # component counts tried
     candidate_log_likelihoods: list[float] = field(default_factory=list)
     seconds: float = 0.0
+    fit_to: str = "means"  # "draws" from each q(z | x), or the posterior "means" alone
+    draws_per_image: int = 1
 
     @property
     def components(self) -> int:
@@ -69,6 +76,8 @@ class FittedMixture:
         return {
             "components": self.components,
             "covariance_type": self.covariance_type,
+            "fit_to": self.fit_to,
+            "draws_per_image": self.draws_per_image,
             "fit_images": self.fit_images,
             "heldout_images": self.heldout_images,
             "heldout_log_likelihood": self.heldout_log_likelihood,
@@ -173,16 +182,31 @@ def sample_mixture(
     return z.astype(np.float32)
 
 
-def _fit_batches(data) -> tuple[Iterable[Batch], Iterable[Batch] | None]:
-    """Every row of the training split (in order, whatever the shuffling and sharding of training)
-    and the validation split, or None without one, from a run's DataBundle."""
-    from training.batching import TensorBatches
-
-    if isinstance(data.train, TensorBatches):
-        train = TensorBatches(data.train.data, 1000, shuffle=False).epoch()
-    else:  # an image folder: this process's share of it
-        train = data.train.epoch(0)
-    return train, (data.val.epoch() if data.val is not None else None)
+def fit_codes_prior(
+    codes: Codes,
+    heldout: Codes | None,
+    components: Sequence[int] = (DEFAULT_COMPONENTS,),
+    covariance_type: str = "full",
+    seed: int = 0,
+    fit_to: str = "draws",
+    draws: int = DEFAULT_DRAWS,
+) -> FittedMixture:
+    """Fit the mixture to the training codes' `fit_to` points, choosing the component count by the
+    mean log-likelihood of the held-out codes' points (drawn alike, from another stream)."""
+    points, fitted_to, per_image = fit_points(codes, fit_to, draws, seed)
+    if heldout is None and len(components) > 1:
+        raise ValueError(
+            "choosing the number of components needs held-out codes, and the run has no "
+            "validation split (val_size 0); give one component count"
+        )
+    heldout_points = points if heldout is None else fit_points(heldout, fit_to, draws, seed + 1)[0]
+    mixture = fit_mixture(points, heldout_points, components, covariance_type, seed)
+    mixture.fit_images, mixture.fit_to, mixture.draws_per_image = len(codes), fitted_to, per_image
+    if heldout is None:  # scored on its own training points: not a held-out figure
+        mixture.heldout_images, mixture.heldout_log_likelihood = 0, None
+    else:
+        mixture.heldout_images = len(heldout)
+    return mixture
 
 
 def fit_checkpoint_prior(
@@ -192,23 +216,17 @@ def fit_checkpoint_prior(
     covariance_type: str = "full",
     seed: int = 0,
     device: torch.device | str = "cpu",
+    fit_to: str = "draws",
+    draws: int = DEFAULT_DRAWS,
+    output: Path | None = None,
 ) -> tuple[Path, FittedMixture]:
-    """Fit the mixture prior of `checkpoint` to the codes of `data` (the run's DataBundle): the
-    training split's posterior means, the validation split held out; write it beside the checkpoint.
-    """
+    """Fit the mixture prior of `checkpoint` to the posteriors of `data` (the run's DataBundle): the
+    training split's, with the validation split's held out; write it beside the checkpoint (or to
+    `output`)."""
     model = model_from_checkpoint(load_checkpoint(checkpoint)).to(device)
-    train, heldout = _fit_batches(data)
-    codes = posterior_means(model, train)
-    if heldout is None and len(components) > 1:
-        raise ValueError(
-            "choosing the number of components needs held-out codes, and the run has no "
-            "validation split (val_size 0); give one component count"
-        )
-    heldout_codes = codes if heldout is None else posterior_means(model, heldout)
-    mixture = fit_mixture(codes, heldout_codes, components, covariance_type, seed)
-    if heldout is None:  # scored on its own training codes: not a held-out figure
-        mixture.heldout_images, mixture.heldout_log_likelihood = 0, None
-    path = prior_path(checkpoint)
+    codes, heldout = split_codes(model, data)
+    mixture = fit_codes_prior(codes, heldout, components, covariance_type, seed, fit_to, draws)
+    path = output or prior_path(checkpoint)
     save_mixture(path, mixture, sha256_file(checkpoint))
     return path, mixture
 
@@ -220,22 +238,19 @@ def fit_run_prior(
     covariance_type: str = "full",
     data_dir: str | None = None,
     device: str = "cpu",
+    fit_to: str = "draws",
+    draws: int = DEFAULT_DRAWS,
+    output: Path | None = None,
 ) -> tuple[Path, FittedMixture]:
-    """`vae-train prior`: fit the mixture of `<run_dir>/<which>.pt` on the run's own data splits and
-    record its summary in the run's metrics.json."""
-    from training.batching import load_data
-    from training.train import TrainConfig
-
-    checkpoint = run_dir / f"{which}.pt"
-    document = load_checkpoint(checkpoint)
-    config = TrainConfig.from_dict(document.get("train_config", {}))
-    if data_dir is not None:
-        config.data_dir = data_dir
-    data = load_data(config, torch.device(device))
+    """`vae-train prior --kind mixture`: fit the mixture of `<run_dir>/<which>.pt` on the run's own
+    data splits; record its summary in the run's metrics.json when it is the run's own prior file
+    (an `output` elsewhere is a comparison, e.g. the means-only baseline, and leaves it alone)."""
+    checkpoint, config, data = load_run(run_dir, which, data_dir, device)
     path, mixture = fit_checkpoint_prior(
-        checkpoint, data, components, covariance_type, config.seed, device
+        checkpoint, data, components, covariance_type, config.seed, device, fit_to, draws, output
     )
-    update_metrics(run_dir, "prior", {"checkpoint": checkpoint.name, **mixture.summary()})
+    if output is None or output == prior_path(checkpoint):
+        update_metrics(run_dir, "prior", {"checkpoint": checkpoint.name, **mixture.summary()})
     return path, mixture
 
 

@@ -1,11 +1,14 @@
 """Sample quality of a trained run: the Fréchet distance between classifier features of test images
 and of generated images, and the precision and recall of the generated set (Kynkäänniemi et al.
-2019), for samples decoded from N(0, I) and from the run's mixture prior (training/prior.py).
+2019), for samples decoded from every prior the run has (N(0, I), the mixture of training/prior.py,
+the two-stage prior of training/two_stage.py), over several sampling seeds and temperatures, and
+the recommended prior (training/recommend.py).
 """
 
 from __future__ import annotations
 
 import time
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -17,9 +20,16 @@ from training.classifier import Classifier, default_path, load_classifier
 from training.data import load_idx_split
 from training.models import GenerativeModel
 from training.prior import load_mixture, prior_path, sample_mixture, update_metrics
+from training.recommend import figure_key, recommend
+from training.two_stage import load_two_stage, sample_two_stage, two_stage_path
 
 DEFAULT_SAMPLES = 10_000  # the whole MNIST / Fashion-MNIST test set
 DEFAULT_K = 3  # Kynkäänniemi et al. 2019, section 3: k = 3 throughout their experiments
+DEFAULT_SEEDS = (0, 1, 2)  # sampling seeds: the figures are their means, the spread is kept too
+DEFAULT_TEMPERATURES = (1.0,)
+SERVED_PRIORS = ("standard_normal", "mixture", "two_stage")  # as server/repository.py names them
+# (count, seed, temperature) -> latents (count, D) float32
+Sampler = Callable[[int, int, float], np.ndarray]
 
 
 def frechet_distance(
@@ -109,20 +119,69 @@ def standard_normal_latents(count: int, dim: int, seed: int, temperature: float)
     )
 
 
+def run_samplers(
+    checkpoint: Path, digest: str, latent_dim: int, extra_mixtures: dict[str, Path] | None = None
+) -> tuple[dict[str, Sampler], dict[str, str]]:
+    """A latent sampler for each prior `checkpoint` has (N(0, I); its mixture and its two-stage
+    prior when fitted to this checkpoint; `extra_mixtures`, name -> .prior.npz, to compare), and the
+    sha256 of each prior's file (a refit makes the figures stale: vae-export leaves them out)."""
+    clash = set(extra_mixtures or {}) & set(SERVED_PRIORS)
+    if clash:
+        raise ValueError(f"extra mixture names {sorted(clash)} clash with the run's own priors")
+    samplers: dict[str, Sampler] = {
+        "standard_normal": lambda n, seed, t: standard_normal_latents(n, latent_dim, seed, t)
+    }
+    files: dict[str, str] = {}
+    how_to_refit = (
+        f"fit it again with `vae-train prior {checkpoint.parent} --which {checkpoint.stem}"
+    )
+    mixtures = {"mixture": prior_path(checkpoint), **(extra_mixtures or {})}
+    for name, path in mixtures.items():
+        if not path.is_file():
+            if name != "mixture":
+                raise ValueError(f"{path}: no such mixture file (given for {name!r})")
+            continue
+        arrays, fitted_to, _ = load_mixture(path)
+        if fitted_to != digest:
+            raise ValueError(
+                f"{path} was fitted to another checkpoint than {checkpoint}; {how_to_refit}`"
+            )
+        samplers[name] = lambda n, seed, t, arrays=arrays: sample_mixture(arrays, n, seed, t)
+        files[name] = sha256_file(path)
+    second_stage_file = two_stage_path(checkpoint)
+    if second_stage_file.is_file():
+        second_stage, fitted_to, _ = load_two_stage(second_stage_file)
+        if fitted_to != digest:
+            raise ValueError(
+                f"{second_stage_file} was fitted to another checkpoint than {checkpoint}; "
+                f"{how_to_refit} --kind two-stage`"
+            )
+        samplers["two_stage"] = lambda n, seed, t: sample_two_stage(second_stage, n, seed, t)
+        files["two_stage"] = sha256_file(second_stage_file)
+    return samplers, files
+
+
 def measure_run(
     run_dir: Path,
     which: str = "best",
     classifier_path: Path | None = None,
     samples: int = DEFAULT_SAMPLES,
     k: int = DEFAULT_K,
-    seed: int = 0,
-    temperature: float = 1.0,
+    seeds: Sequence[int] = DEFAULT_SEEDS,
+    temperatures: Sequence[float] = DEFAULT_TEMPERATURES,
     data_dir: Path | None = None,
+    extra_mixtures: dict[str, Path] | None = None,
 ) -> dict[str, Any]:
-    """`vae-train quality`: score `<run_dir>/<which>.pt` for each prior it has, write the figures
-    into the run's metrics.json under "quality" (with the checkpoint's sha256, so vae-export carries
-    them only into the version of that checkpoint) and return them."""
+    """`vae-train quality`: score `<run_dir>/<which>.pt` for each prior it has at each temperature
+    (temperature 1 always), each figure the mean over the sampling `seeds`; choose the recommended
+    prior; write it all into the run's metrics.json under "quality" (with the checkpoint's and the
+    priors' sha256, so vae-export carries them only into the version they describe)."""
     started = time.perf_counter()
+    if not seeds:
+        raise ValueError("give at least one sampling seed")
+    if any(not t > 0 for t in temperatures):
+        raise ValueError(f"temperatures must be positive, got {list(temperatures)}")
+    temperatures = sorted({1.0, *(float(t) for t in temperatures)})
     checkpoint = run_dir / f"{which}.pt"
     document = load_checkpoint(checkpoint)
     model = model_from_checkpoint(document)
@@ -137,37 +196,40 @@ def measure_run(
     real = classifier.features(test.images[:samples])
     train_images = load_idx_split(dataset, "train", data_dir).images[:samples]
     config = model.config
+    digest = sha256_file(checkpoint)
+    samplers, files = run_samplers(checkpoint, digest, config.latent_dim, extra_mixtures)
     figures: dict[str, Any] = {
         "checkpoint": checkpoint.name,
-        "checkpoint_sha256": sha256_file(checkpoint),
+        "checkpoint_sha256": digest,
         "classifier": str(classifier_path),
         "classifier_sha256": sha256_file(classifier_path),
         "classifier_test_accuracy": classifier.test_accuracy,
         "samples": samples,
         "k": k,
-        "seed": seed,
-        "temperature": temperature,
+        "seeds": list(seeds),
+        "temperatures": temperatures,
+        "priors": list(samplers),
+        **{f"{name}_sha256": digest for name, digest in files.items()},
     }
     # The floor: real training images scored against the test images, as a generator would be.
     reference = scores(real, classifier.features(train_images), k)
     figures.update({f"{name}_train_reference": value for name, value in reference.items()})
-    priors = {
-        "standard_normal": standard_normal_latents(samples, config.latent_dim, seed, temperature)
+    per_seed: dict[str, list[float]] = {}
+    for name, sampler in samplers.items():
+        # A comparison mixture (--extra-mixture) is scored at temperature 1 only.
+        for temperature in temperatures if name in SERVED_PRIORS else (1.0,):
+            for seed in seeds:
+                images = generate(model, sampler(samples, seed, temperature), config.num_classes)
+                for metric, value in scores(real, classifier.features(images), k).items():
+                    per_seed.setdefault(figure_key(metric, name, temperature), []).append(value)
+    for key, values in per_seed.items():
+        figures[key] = float(np.mean(values))
+    figures["spread"] = {
+        key: float(np.std(v, ddof=1)) if len(v) > 1 else 0.0 for key, v in per_seed.items()
     }
-    mixture_file = prior_path(checkpoint)
-    if mixture_file.is_file():
-        arrays, fitted_to, _ = load_mixture(mixture_file)
-        if fitted_to != figures["checkpoint_sha256"]:
-            raise ValueError(
-                f"{mixture_file} was fitted to another checkpoint than {checkpoint}; fit it again "
-                f"with `vae-train prior {run_dir} --which {which}`"
-            )
-        priors["mixture"] = sample_mixture(arrays, samples, seed, temperature)
-        figures["mixture_sha256"] = sha256_file(mixture_file)  # a refit makes these figures stale
-    for name, latents in priors.items():
-        images = generate(model, latents, config.num_classes)
-        for metric, value in scores(real, classifier.features(images), k).items():
-            figures[f"{metric}_{name}"] = value
+    figures["per_seed"] = per_seed
+    served = [name for name in samplers if name in SERVED_PRIORS]
+    figures["recommended"] = recommend(figures, served, temperatures)
     figures["seconds"] = round(time.perf_counter() - started, 1)
     update_metrics(run_dir, "quality", figures)
     return figures

@@ -1,5 +1,6 @@
-"""`vae-train classifier | prior | quality`: the sample-quality classifier, the mixture prior of a
-finished run, and the run's sample-quality figures. Every option also reads VAE_<OPTION>."""
+"""`vae-train classifier | prior | quality`: the sample-quality classifier, the learned priors of a
+finished run (the mixture, the two-stage prior), and the run's sample-quality figures. Every option
+also reads VAE_<OPTION>."""
 
 from __future__ import annotations
 
@@ -15,6 +16,17 @@ SUBCOMMANDS = ("classifier", "prior", "quality")
 
 def _env(name: str, default: str | None = None) -> str | None:
     return os.environ.get("VAE_" + name.upper(), default)
+
+
+def _numbers(name: str, default: str, kind=float) -> list:
+    return [kind(v) for v in (_env(name, default) or default).replace(",", " ").split()]
+
+
+def _named_path(text: str) -> tuple[str, Path]:
+    name, sep, path = text.partition("=")
+    if not sep or not name or not path:
+        raise argparse.ArgumentTypeError(f"expected NAME=PATH, got {text!r}")
+    return name, Path(path)
 
 
 def _common(parser: argparse.ArgumentParser) -> None:
@@ -34,6 +46,8 @@ def _common(parser: argparse.ArgumentParser) -> None:
 
 
 def build_parser() -> argparse.ArgumentParser:
+    from training.two_stage import TwoStageConfig
+
     parser = argparse.ArgumentParser(prog="vae-train", description=__doc__)
     commands = parser.add_subparsers(dest="command", required=True)
 
@@ -52,21 +66,67 @@ def build_parser() -> argparse.ArgumentParser:
     _common(classifier)
 
     prior = commands.add_parser(
-        "prior", help="fit the Gaussian-mixture prior of a run to its training codes"
+        "prior",
+        help="fit a learned prior of a run: the Gaussian mixture of its aggregate posterior, or "
+        "the two-stage prior (a second VAE over its codes)",
     )
     prior.add_argument("run_dir", type=Path)
     prior.add_argument("--which", choices=("best", "last"), default="best")
     prior.add_argument(
+        "--kind",
+        choices=("mixture", "two-stage"),
+        default=_env("prior_kind", "mixture"),
+        help="mixture (<which>.prior.npz) or two-stage (<which>.two_stage.pt) [VAE_PRIOR_KIND]",
+    )
+    mixture = prior.add_argument_group("mixture")
+    mixture.add_argument(
         "--components",
         type=int,
         nargs="+",
-        default=[
-            int(c) for c in (_env("prior_components", "10") or "10").replace(",", " ").split()
-        ],
+        default=_numbers("prior_components", "10", int),
         help="component count (10, as Ghosh et al. 2020); several: the one with the best "
         "validation-set log-likelihood [VAE_PRIOR_COMPONENTS]",
     )
-    prior.add_argument("--covariance", choices=("full", "diag"), default="full")
+    mixture.add_argument("--covariance", choices=("full", "diag"), default="full")
+    mixture.add_argument(
+        "--fit-to",
+        choices=("draws", "means"),
+        default=_env("prior_fit", "draws"),
+        help="draws z ~ q(z | x) of every training image (the aggregate posterior), or the "
+        "posterior means alone (Ghosh et al.'s fit, the old default) [VAE_PRIOR_FIT]",
+    )
+    mixture.add_argument(
+        "--draws",
+        type=int,
+        default=int(_env("prior_draws", "4") or 4),
+        help="draws per training image with --fit-to draws [VAE_PRIOR_DRAWS]",
+    )
+    mixture.add_argument(
+        "--output",
+        type=Path,
+        default=None,
+        help="write the mixture here instead of <which>.prior.npz (a comparison, e.g. the "
+        "means-only fit; metrics.json is then left alone)",
+    )
+    second = prior.add_argument_group("two-stage")
+    defaults = TwoStageConfig()
+    second.add_argument(
+        "--epochs",
+        type=int,
+        default=int(_env("two_stage_epochs", str(defaults.epochs)) or defaults.epochs),
+        help="epochs of the second stage, each a fresh draw of every training code "
+        "[VAE_TWO_STAGE_EPOCHS]",
+    )
+    second.add_argument(
+        "--hidden-dims",
+        type=int,
+        nargs="+",
+        default=_numbers("two_stage_hidden_dims", " ".join(map(str, defaults.hidden_dims)), int),
+        help="hidden layer widths of the second stage's encoder and decoder "
+        "[VAE_TWO_STAGE_HIDDEN_DIMS]",
+    )
+    second.add_argument("--batch-size", type=int, default=defaults.batch_size)
+    second.add_argument("--learning-rate", type=float, default=defaults.learning_rate)
     _common(prior)
 
     quality = commands.add_parser(
@@ -82,8 +142,28 @@ def build_parser() -> argparse.ArgumentParser:
     )
     quality.add_argument("--samples", type=int, default=10_000, help="test and generated images")
     quality.add_argument("--k", type=int, default=3, help="neighbours of precision/recall")
-    quality.add_argument("--seed", type=int, default=0, help="seed of the generated latents")
-    quality.add_argument("--temperature", type=float, default=1.0)
+    quality.add_argument(
+        "--seeds",
+        type=int,
+        nargs="+",
+        default=_numbers("quality_seeds", "0 1 2", int),
+        help="seeds of the generated latents; each figure is their mean [VAE_QUALITY_SEEDS]",
+    )
+    quality.add_argument(
+        "--temperatures",
+        type=float,
+        nargs="+",
+        default=_numbers("quality_temperatures", "1"),
+        help="temperatures every prior is scored at (1 always) [VAE_QUALITY_TEMPERATURES]",
+    )
+    quality.add_argument(
+        "--extra-mixture",
+        type=_named_path,
+        action="append",
+        default=[],
+        metavar="NAME=PATH",
+        help="also score this mixture file under NAME (a comparison; never recommended)",
+    )
     _common(quality)
     return parser
 
@@ -109,20 +189,31 @@ def main(argv: Sequence[str]) -> int:
             )  # fmt: skip
             save_classifier(output, classifier, info)
             result = {"output": str(output), **info}
+        elif args.command == "prior" and args.kind == "two-stage":
+            from training.two_stage import TwoStageConfig, fit_run_two_stage
+
+            config = TwoStageConfig(
+                hidden_dims=tuple(args.hidden_dims), epochs=args.epochs,
+                batch_size=args.batch_size, learning_rate=args.learning_rate,
+            )  # fmt: skip
+            data_dir = None if args.data_dir is None else str(args.data_dir)
+            path, fitted = fit_run_two_stage(args.run_dir, args.which, config, data_dir)
+            result = {"output": str(path), **fitted.summary()}
         elif args.command == "prior":
             from training.prior import fit_run_prior
 
             data_dir = None if args.data_dir is None else str(args.data_dir)
             path, mixture = fit_run_prior(
-                args.run_dir, args.which, args.components, args.covariance, data_dir
-            )
+                args.run_dir, args.which, args.components, args.covariance, data_dir,
+                fit_to=args.fit_to, draws=args.draws, output=args.output,
+            )  # fmt: skip
             result = {"output": str(path), **mixture.summary()}
         else:
             from training.quality import measure_run
 
             result = measure_run(
-                args.run_dir, args.which, args.classifier, args.samples, args.k, args.seed,
-                args.temperature, args.data_dir,
+                args.run_dir, args.which, args.classifier, args.samples, args.k, args.seeds,
+                args.temperatures, args.data_dir, dict(args.extra_mixture),
             )  # fmt: skip
     except (CheckpointError, ClassifierError, DatasetNotFound, ValueError) as exc:
         print(f"vae-train {args.command}: {exc}", file=sys.stderr)

@@ -13,7 +13,7 @@ from typing import Any
 import torch
 from torch.nn.parallel import DistributedDataParallel
 
-from training import distributed, reporting
+from training import distributed, learned_priors, reporting
 from training.annealing import Annealing, kl_weight
 from training.batching import epoch_seed, load_data
 from training.checkpoint import load_checkpoint, save_checkpoint
@@ -60,11 +60,19 @@ class TrainConfig:
     iwae_images: int = 1000  # test images the IWAE bound averages over (0: all)
     resume: bool = False  # continue from <run_dir>/last.pt: model, optimiser, scheduler, epoch
     # After training, a Gaussian mixture with this many components is fitted to the training set's
-    # posterior means under best.pt, the learned prior (Ghosh et al. 2020 use 10); 0 skips it.
+    # aggregate posterior under best.pt, the learned prior (Ghosh et al. 2020 use 10); 0 skips it.
     prior_components: int = 10
     # When set, the mixture's component count is the one of these with the best validation-set
     # log-likelihood, and prior_components is ignored.
     prior_candidates: tuple[int, ...] = ()
+    # What the mixture is fitted to: "draws" z ~ q(z | x) of every training image, prior_draws of
+    # each (the aggregate posterior), or the posterior "means" alone (the earlier fit).
+    prior_fit: str = "draws"
+    prior_draws: int = 4
+    # After training, the two-stage prior (Dai & Wipf 2019): a second VAE over best.pt's codes,
+    # trained for two_stage_epochs; false skips it.
+    prior_two_stage: bool = True
+    two_stage_epochs: int = 60
     model: ModelConfig = field(default_factory=ModelConfig)
 
     def to_dict(self) -> dict[str, Any]:
@@ -106,6 +114,7 @@ def _scheduler(config: TrainConfig, optimiser, total_steps: int):
 def train(config: TrainConfig) -> dict[str, Any]:
     """Train, evaluate each epoch, write checkpoints and logs into `config.run_dir`; final summary."""
     annealing = config.annealing()  # validates the schedule before any work
+    learned_priors.check_settings(config)
     if config.threads > 0:
         torch.set_num_threads(config.threads)
     ranks, device = distributed.setup(config.device)

@@ -79,19 +79,24 @@ class _PriorEnumTypeWrapper(_enum_type_wrapper._EnumTypeWrapper[_Prior.ValueType
     """same as PRIOR_STANDARD_NORMAL"""
     PRIOR_STANDARD_NORMAL: _Prior.ValueType  # 1
     PRIOR_MIXTURE: _Prior.ValueType  # 2
+    PRIOR_TWO_STAGE: _Prior.ValueType  # 3
 
 class Prior(_Prior, metaclass=_PriorEnumTypeWrapper):
-    """Which prior Sample and SampleStream draw z from. The mixture is a Gaussian mixture fitted to the
-    training set's posterior means after training (Ghosh et al. 2020); a version has it when
-    ModelInfo.priors lists PRIOR_MIXTURE, and asking a version without one is FAILED_PRECONDITION.
-    Plain autoencoders answer PRIOR_STANDARD_NORMAL too (decoded N(0, I) draws, poor images): the
-    mixture is what makes them generators.
+    """Which prior Sample and SampleStream draw z from. The mixture is a Gaussian mixture fitted after
+    training to the aggregate posterior, draws from q(z | x) of the training images (Ghosh et al.
+    2020's ex-post density estimation); the two-stage prior is a second VAE trained on the latent codes
+    (Dai & Wipf 2019), whose decoder maps noise ~ N(0, T^2 I) to z. A version has a learned prior when
+    ModelInfo.priors lists it, and asking a version without one is FAILED_PRECONDITION.
+    ModelInfo.recommended_prior says which one sample quality recommends. Plain autoencoders answer
+    PRIOR_STANDARD_NORMAL too (decoded N(0, I) draws, poor images): a learned prior is what makes them
+    generators.
     """
 
 PRIOR_UNSPECIFIED: Prior.ValueType  # 0
 """same as PRIOR_STANDARD_NORMAL"""
 PRIOR_STANDARD_NORMAL: Prior.ValueType  # 1
 PRIOR_MIXTURE: Prior.ValueType  # 2
+PRIOR_TWO_STAGE: Prior.ValueType  # 3
 Global___Prior: _TypeAlias = Prior  # noqa: Y015
 
 class _InterpolationMethod:
@@ -340,7 +345,7 @@ class SampleRequest(_message.Message):
     """class for conditional models (required there)"""
     format: Global___ImageFormat.ValueType
     prior: Global___Prior.ValueType
-    """unset: N(0, I); PRIOR_MIXTURE: temperature scales each component"""
+    """unset: N(0, I); PRIOR_MIXTURE: temperature scales each component;"""
     @_builtins.property
     def model(self) -> Global___ModelRef: ...
     def __init__(
@@ -670,6 +675,8 @@ class ModelInfo(_message.Message):
     EXPORTED_AT_FIELD_NUMBER: _builtins.int
     OPSET_FIELD_NUMBER: _builtins.int
     PRIORS_FIELD_NUMBER: _builtins.int
+    RECOMMENDED_PRIOR_FIELD_NUMBER: _builtins.int
+    RECOMMENDED_TEMPERATURE_FIELD_NUMBER: _builtins.int
     name: _builtins.str
     version: _builtins.int
     kind: _builtins.str
@@ -685,6 +692,12 @@ class ModelInfo(_message.Message):
     checkpoint_sha256: _builtins.str
     exported_at: _builtins.str
     opset: _builtins.int
+    recommended_prior: Global___Prior.ValueType
+    """The prior sample quality recommends (lowest Fréchet distance among the priors whose recall is
+    at least 0.8 x that of N(0, I)), at recommended_temperature; PRIOR_UNSPECIFIED when not measured.
+    """
+    recommended_temperature: _builtins.float
+    """0 when recommended_prior is PRIOR_UNSPECIFIED"""
     @_builtins.property
     def available_versions(self) -> _containers.RepeatedScalarFieldContainer[_builtins.int]: ...
     @_builtins.property
@@ -717,10 +730,12 @@ class ModelInfo(_message.Message):
         exported_at: _builtins.str = ...,
         opset: _builtins.int = ...,
         priors: _abc.Iterable[_builtins.str] | None = ...,
+        recommended_prior: Global___Prior.ValueType = ...,
+        recommended_temperature: _builtins.float = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["available_versions", b"available_versions", "checkpoint_sha256", b"checkpoint_sha256", "dataset", b"dataset", "execution_provider", b"execution_provider", "exported_at", b"exported_at", "image_shape", b"image_shape", "kind", b"kind", "latent_dim", b"latent_dim", "likelihood", b"likelihood", "metrics", b"metrics", "name", b"name", "num_classes", b"num_classes", "opset", b"opset", "priors", b"priors", "version", b"version"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["available_versions", b"available_versions", "checkpoint_sha256", b"checkpoint_sha256", "dataset", b"dataset", "execution_provider", b"execution_provider", "exported_at", b"exported_at", "image_shape", b"image_shape", "kind", b"kind", "latent_dim", b"latent_dim", "likelihood", b"likelihood", "metrics", b"metrics", "name", b"name", "num_classes", b"num_classes", "opset", b"opset", "priors", b"priors", "recommended_prior", b"recommended_prior", "recommended_temperature", b"recommended_temperature", "version", b"version"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 

@@ -1,0 +1,56 @@
+"""The learned priors fitted at the end of training, as the run's config asks: the mixture
+(training/prior.py) and the two-stage prior (training/two_stage.py), each on best.pt's codes."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from training import prior, two_stage
+
+
+def check_settings(config: Any) -> None:
+    """Refuse bad prior settings before training rather than after it (ValueError, one line)."""
+    if config.prior_fit not in prior.FIT_TARGETS:
+        raise ValueError(
+            f"prior_fit {config.prior_fit!r} is not one of {prior.FIT_TARGETS}: 'draws' fits the "
+            "mixture to draws from each q(z | x), 'means' to the posterior means"
+        )
+    if config.prior_draws < 1:
+        raise ValueError(f"prior_draws must be at least 1, got {config.prior_draws}")
+    if config.prior_two_stage and config.two_stage_epochs < 1:
+        raise ValueError(
+            f"two_stage_epochs must be at least 1, got {config.two_stage_epochs}; "
+            "--prior-two-stage false skips the two-stage prior"
+        )
+
+
+def fit_learned_priors(config: Any, data: Any, run_dir: Path, device: torch.device) -> dict:
+    """Fit what `config` (a TrainConfig) asks for to `<run_dir>/best.pt`; their summaries under
+    "prior" and "two_stage", for the run's metrics.json."""
+    summary: dict[str, Any] = {}
+    checkpoint = run_dir / "best.pt"
+    if config.prior_components > 0 or config.prior_candidates:
+        components = config.prior_candidates or (config.prior_components,)
+        path, mixture = prior.fit_checkpoint_prior(
+            checkpoint, data, components, seed=config.seed, device=device,
+            fit_to=config.prior_fit, draws=config.prior_draws,
+        )  # fmt: skip
+        summary["prior"] = {"checkpoint": checkpoint.name, **mixture.summary()}
+        print(
+            f"mixture prior: {mixture.components} components on {mixture.fit_images} training "
+            f"images' {mixture.fit_to} -> {path}",
+            flush=True,
+        )
+    if config.prior_two_stage:
+        settings = two_stage.TwoStageConfig(epochs=config.two_stage_epochs, seed=config.seed)
+        path, fitted = two_stage.fit_checkpoint_two_stage(checkpoint, data, settings, device)
+        summary["two_stage"] = {"checkpoint": checkpoint.name, **fitted.summary()}
+        print(
+            f"two-stage prior: {settings.epochs} epochs on {fitted.train_images} training codes, "
+            f"held-out -ELBO {fitted.heldout_nelbo} -> {path}",
+            flush=True,
+        )
+    return summary
