@@ -72,7 +72,7 @@ class TrainConfig:
     # After training, the two-stage prior (Dai & Wipf 2019): a second VAE over best.pt's codes,
     # trained for two_stage_epochs; false skips it.
     prior_two_stage: bool = True
-    two_stage_epochs: int = 60
+    two_stage_epochs: int = 200
     model: ModelConfig = field(default_factory=ModelConfig)
 
     def to_dict(self) -> dict[str, Any]:
