@@ -103,6 +103,7 @@ def train_ours(data_dir: Path | None, epoch: int, seed: int, run_dir: Path) -> f
         tensorboard=False,
         figures=False,
         iwae_samples=0,
+        prior_two_stage=False,  # the loop is measured, not the priors fitted after it
         resume=epoch > 1,
     )
     train(config)

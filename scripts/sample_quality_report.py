@@ -3,8 +3,13 @@
 split-mnist <t10k folder> <out>   MNIST's 10,000 test images cut into a train split (the first
                                   8,000) and a test split (the last 2,000), as four IDX files
 table <runs> <out>                every run's metrics.json "quality" -> results.json and table.md,
-                                  mean and standard deviation over seeds per model and prior
-grids <png folder> <out>          vae-client's N(0, I) and mixture grids side by side, per model
+                                  mean and standard deviation over training seeds per model, prior
+                                  and temperature, and each run's recommended prior
+samples <repository> <out>        64 images per prior of each model's newest version, drawn as
+                                  vae-serve draws them (server/latent.py for N(0, I) and the mixture,
+                                  export/prior_export.py's reference sampler for the two-stage prior)
+                                  and decoded by its decoder.onnx: <out>/<model>-<panel>.png
+grids <png folder> <out>          those PNGs side by side, per model
 """
 
 from __future__ import annotations
@@ -22,8 +27,16 @@ import numpy as np
 from PIL import Image, ImageDraw
 
 MODELS = ("mlp-vae", "conv-vae", "beta-vae", "mlp-ae")
-PRIORS = ("standard_normal", "mixture")
-PRIOR_TITLES = {"standard_normal": "N(0, I)", "mixture": "mixture"}
+# "means" is the mixture fitted to the posterior means alone, scored as a comparison.
+PRIORS = ("standard_normal", "means", "mixture", "two_stage")
+PRIOR_TITLES = {
+    "standard_normal": "N(0, I)",
+    "means": "mixture of the means (old)",
+    "mixture": "aggregate-posterior mixture",
+    "two_stage": "two-stage",
+}
+PANELS = ("standard_normal", "mixture", "two_stage", "recommended")
+FIGURE = re.compile(r"^fd_(" + "|".join(PRIORS) + r")(?:_t([0-9.]+))?$")
 
 
 def _read_idx(path: Path) -> tuple[bytes, np.ndarray]:
@@ -50,8 +63,9 @@ def split_mnist(source: Path, out: Path, train_rows: int = 8000) -> None:
 
 
 def table(runs: Path, out: Path) -> None:
-    """Runs are named <prefix><model>-s<seed>; one row per (data set prefix, model, prior)."""
+    """Runs are named <prefix><model>-s<seed>; one row per (data set, model, prior, temperature)."""
     figures: dict[tuple[str, str], dict[str, list[float]]] = defaultdict(lambda: defaultdict(list))
+    recommended: dict[tuple[str, str], list[str]] = defaultdict(list)
     per_run = {}
     for metrics_file in sorted(runs.glob("*/metrics.json")):
         match = re.fullmatch(r"(.*?)(" + "|".join(MODELS) + r")-s(\d+)", metrics_file.parent.name)
@@ -63,35 +77,41 @@ def table(runs: Path, out: Path) -> None:
         for key, value in quality.items():
             if isinstance(value, (int, float)):
                 figures[(prefix, model)][key].append(float(value))
+        if quality.get("recommended"):
+            chosen = quality["recommended"]
+            recommended[(prefix, model)].append(f"{chosen['prior']}@{chosen['temperature']:g}")
     lines = [
-        "| data | model | prior | seeds | Fréchet distance | precision | recall |",
-        "|---|---|---|---|---|---|---|",
+        "| data | model | prior | temperature | seeds | Fréchet distance | precision | recall |",
+        "|---|---|---|---|---|---|---|---|",
     ]
-    summary = {}
+    summary: dict = {}
     for (prefix, model), values in sorted(
         figures.items(), key=lambda kv: (kv[0][0], MODELS.index(kv[0][1]))
     ):
-        for prior in PRIORS:
-            if f"fd_{prior}" not in values:
-                continue
+        data = prefix.rstrip("-") or "fashion-mnist"
+        rows = sorted(
+            (PRIORS.index(m[1]), float(m[2] or 1.0), m[1], key)
+            for key in values
+            if (m := FIGURE.match(key))
+        )
+        for _, temperature, prior, key in rows:
+            suffix = key.removeprefix(f"fd_{prior}")
             cells, row = [], {}
             for metric, spec in (("fd", ".2f"), ("precision", ".3f"), ("recall", ".3f")):
-                series = values[f"{metric}_{prior}"]
+                series = values[f"{metric}_{prior}{suffix}"]
                 mean = statistics.fmean(series)
                 spread = statistics.stdev(series) if len(series) > 1 else 0.0
                 row[metric] = {"mean": mean, "std": spread, "seeds": series}
                 cells.append(f"{mean:{spec}} ± {spread:{spec}}")
-            seeds = len(values[f"fd_{prior}"])
-            data = prefix.rstrip("-") or "fashion-mnist"
             lines.append(
-                f"| {data} | {model} | {PRIOR_TITLES[prior]} | {seeds} | "
-                + " | ".join(cells)
-                + " |"
+                f"| {data} | {model} | {PRIOR_TITLES[prior]} | {temperature:g} | "
+                f"{len(values[key])} | " + " | ".join(cells) + " |"
             )
-            summary[f"{data}/{model}/{prior}"] = row
+            summary[f"{data}/{model}/{prior}/t{temperature:g}"] = row
+        summary[f"{data}/{model}/recommended"] = recommended[(prefix, model)]
         reference = values.get("fd_train_reference")
         if reference:
-            summary[f"{prefix.rstrip('-') or 'fashion-mnist'}/reference"] = {
+            summary[f"{data}/reference"] = {
                 "fd": statistics.fmean(reference),
                 "precision": statistics.fmean(values["precision_train_reference"]),
                 "recall": statistics.fmean(values["recall_train_reference"]),
@@ -103,26 +123,76 @@ def table(runs: Path, out: Path) -> None:
     print("\n".join(lines))
 
 
+def samples(repository: Path, out: Path, count: int = 64, seed: int = 0) -> None:
+    """<out>/<model>-<panel>.png for each prior of each model's newest version at temperature 1,
+    and its recommended prior at the recommended temperature, as vae-serve would draw them."""
+    import onnxruntime as ort
+
+    from export.prior_export import reference_two_stage_sample
+    from server.codecs import grid_png
+    from server.latent import draw_latents, prior_generator
+    from server.repository import (
+        PRIOR_DECODER_FILE,
+        list_models,
+        list_versions,
+        read_metadata,
+        read_mixture,
+    )
+
+    out.mkdir(parents=True, exist_ok=True)
+    for name in list_models(repository):
+        directory = repository / name / str(max(list_versions(repository / name)))
+        meta = read_metadata(directory)
+        mixture = read_mixture(directory, meta)
+        decoder = ort.InferenceSession(
+            str(directory / "decoder.onnx"), providers=["CPUExecutionProvider"]
+        )
+        panels = {prior: (prior, 1.0) for prior in meta.priors}
+        if meta.recommended_prior:
+            panels["recommended"] = (meta.recommended_prior, meta.recommended_temperature)
+        for panel, (prior, temperature) in panels.items():
+            if prior == "two_stage":
+                latents = reference_two_stage_sample(
+                    directory / PRIOR_DECODER_FILE, count, seed, temperature
+                )
+            else:
+                latents = draw_latents(
+                    prior_generator(seed), count, meta.latent_dim, temperature,
+                    mixture if prior == "mixture" else None,
+                )  # fmt: skip
+            (images,) = decoder.run(None, {"latent": latents})
+            images = images.repeat(2, axis=2).repeat(2, axis=3)  # as vae-client --scale 2
+            (out / f"{name}-{panel}.png").write_bytes(grid_png(images, 8))
+            label = f"{prior} at temperature {temperature:g}"
+            (out / f"{name}-{panel}.txt").write_text(label + "\n")
+        print(f"{name}: {', '.join(panels)}")
+
+
 def grids(pngs: Path, out: Path) -> None:
-    """<pngs>/<model>-<prior>.png pairs -> <out>/<model>.png: N(0, I) left, mixture right, titled."""
+    """<pngs>/<model>-<panel>.png -> <out>/<model>.png: N(0, I), the mixture, the two-stage prior
+    (temperature 1) and the recommended prior, left to right, titled."""
     out.mkdir(parents=True, exist_ok=True)
     for model in MODELS:
-        panels = [pngs / f"{model}-{prior}.png" for prior in PRIORS]
-        if not all(p.is_file() for p in panels):
+        panels = [p for p in PANELS if (pngs / f"{model}-{p}.png").is_file()]
+        if not panels:
             continue
-        images = [Image.open(p).convert("L") for p in panels]
+        images = [Image.open(pngs / f"{model}-{p}.png").convert("L") for p in panels]
         width, height, gap, title = images[0].width, images[0].height, 16, 20
-        canvas = Image.new("L", (2 * width + gap, height + title), color=255)
+        canvas = Image.new("L", (len(images) * (width + gap) - gap, height + title), color=255)
         draw = ImageDraw.Draw(canvas)
-        for i, (image, prior) in enumerate(zip(images, PRIORS, strict=True)):
+        for i, (image, panel) in enumerate(zip(images, panels, strict=True)):
             canvas.paste(image, (i * (width + gap), title))
-            draw.text((i * (width + gap) + 4, 4), f"{model}: {PRIOR_TITLES[prior]}", fill=0)
+            if panel == "recommended":
+                text = "recommended: " + (pngs / f"{model}-{panel}.txt").read_text().strip()
+            else:
+                text = f"{PRIOR_TITLES[panel]}, temperature 1"
+            draw.text((i * (width + gap) + 4, 4), text.replace("_", "-"), fill=0)
         canvas.save(out / f"{model}.png")
         print(f"wrote {out / f'{model}.png'}")
 
 
 def main(argv: list[str]) -> int:
-    commands = {"split-mnist": split_mnist, "table": table, "grids": grids}
+    commands = {"split-mnist": split_mnist, "table": table, "samples": samples, "grids": grids}
     if len(argv) != 3 or argv[0] not in commands:
         print(__doc__, file=sys.stderr)
         return 2

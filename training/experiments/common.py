@@ -97,6 +97,7 @@ def train_run(
         tensorboard=False,
         figures=False,  # each study draws its own comparisons
         prior_components=0,  # no study samples the mixture prior; it would add a fit per model
+        prior_two_stage=False,  # nor the two-stage prior: minutes of training per model
         model=model,
         **train_overrides,
     )
