@@ -10,6 +10,8 @@ samples <repository> <out>        64 images per prior of each model's newest ver
                                   export/prior_export.py's reference sampler for the two-stage prior)
                                   and decoded by its decoder.onnx: <out>/<model>-<panel>.png
 grids <png folder> <out>          those PNGs side by side, per model
+cvae-priors <run> <out.json>      a conditional run's pooled mixture (the one vae-export ships)
+                                  against one mixture per class, scored like vae-train quality
 """
 
 from __future__ import annotations
@@ -191,8 +193,85 @@ def grids(pngs: Path, out: Path) -> None:
         print(f"wrote {out / f'{model}.png'}")
 
 
+def cvae_priors(run: Path, out: Path, samples: int = 10_000, seeds: tuple = (0, 1, 2)) -> None:
+    """A CVAE's codes, pooled over classes (one mixture: what a version ships) or per class (one
+    mixture for each label's codes, sampled with that label): Fréchet distance, precision, recall
+    at temperatures 1 and 1.5, means over the sampling seeds. Images are generated class-balanced
+    (label i % K for image i, as vae-train quality does), so both compare like with like."""
+    import torch
+
+    from training.checkpoint import load_checkpoint, model_from_checkpoint
+    from training.classifier import default_path, load_classifier
+    from training.codes import load_run, posterior_codes
+    from training.data import load_idx_split
+    from training.prior import fit_codes_prior, sample_mixture
+    from training.quality import generate, scores, standard_normal_latents
+
+    checkpoint, config, data = load_run(run, "best", None, "cpu")
+    model = model_from_checkpoint(load_checkpoint(checkpoint))
+    classes = model.config.num_classes
+    if not classes:
+        raise SystemExit(f"{run} is not a conditional model")
+    train, val = data.train.data, data.val.data
+
+    def codes_of(split, rows):
+        return posterior_codes(model, [(split.images[rows], split.labels[rows])])
+
+    every = torch.arange(len(train))
+    pooled = fit_codes_prior(codes_of(train, every), codes_of(val, torch.arange(len(val))))
+    per_class = [
+        fit_codes_prior(
+            codes_of(train, (train.labels == c).nonzero().squeeze(1)),
+            codes_of(val, (val.labels == c).nonzero().squeeze(1)),
+        )
+        for c in range(classes)
+    ]
+    arrays = [{"weights": m.weights, "means": m.means, "scale_tril": m.scale_tril}
+              for m in (pooled, *per_class)]  # fmt: skip
+    labels = np.arange(samples) % classes
+
+    def per_class_latents(seed: int, temperature: float) -> np.ndarray:
+        z = np.empty((samples, model.config.latent_dim), np.float32)
+        for c in range(classes):
+            rows = labels == c
+            z[rows] = sample_mixture(arrays[1 + c], int(rows.sum()), seed + 1000 * c, temperature)
+        return z
+
+    samplers = {
+        "standard_normal": lambda seed, t: standard_normal_latents(
+            samples, model.config.latent_dim, seed, t
+        ),
+        "pooled_mixture": lambda seed, t: sample_mixture(arrays[0], samples, seed, t),
+        "per_class_mixture": per_class_latents,
+    }
+    classifier = load_classifier(default_path(config.dataset), config.dataset)
+    real = classifier.features(load_idx_split(config.dataset, "test", None).images[:samples])
+    figures: dict = {"run": str(run), "samples": samples, "seeds": list(seeds)}
+    for name, sampler in samplers.items():
+        for temperature in (1.0, 1.5):
+            runs = [
+                scores(
+                    real, classifier.features(generate(model, sampler(seed, temperature), classes))
+                )
+                for seed in seeds
+            ]
+            figures[f"{name}@{temperature:g}"] = {
+                metric: statistics.fmean(r[metric] for r in runs) for metric in runs[0]
+            }
+            print(name, temperature, figures[f"{name}@{temperature:g}"], flush=True)
+    figures["pooled_heldout_log_likelihood"] = pooled.heldout_log_likelihood
+    figures["per_class_heldout_log_likelihood"] = [m.heldout_log_likelihood for m in per_class]
+    out.write_text(json.dumps(figures, indent=2) + "\n")
+
+
 def main(argv: list[str]) -> int:
-    commands = {"split-mnist": split_mnist, "table": table, "samples": samples, "grids": grids}
+    commands = {
+        "split-mnist": split_mnist,
+        "table": table,
+        "samples": samples,
+        "grids": grids,
+        "cvae-priors": cvae_priors,
+    }
     if len(argv) != 3 or argv[0] not in commands:
         print(__doc__, file=sys.stderr)
         return 2

@@ -130,3 +130,30 @@ def test_a_bad_prior_setting_is_refused_before_training(mnist_dir, tmp_path):
     with pytest.raises(ValueError, match="prior_fit 'modes' is not one of"):
         train(config)
     assert not (tmp_path / "run" / "last.pt").exists()
+
+
+@pytest.mark.parametrize(
+    ("variable", "value", "message"),
+    [
+        ("VAE_PRIOR_KIND", "flow", "VAE_PRIOR_KIND='flow': expected one of mixture, two-stage"),
+        ("VAE_PRIOR_FIT", "modes", "VAE_PRIOR_FIT='modes': expected one of draws, means"),
+        (
+            "VAE_TWO_STAGE_EPOCHS",
+            "many",
+            "VAE_TWO_STAGE_EPOCHS='many': expected an integer, like '200'",
+        ),
+        (
+            "VAE_QUALITY_SEEDS",
+            "a b",
+            "VAE_QUALITY_SEEDS='a b': expected one or more ints, like '0 1 2'",
+        ),
+    ],
+)
+def test_a_bad_variable_exits_2_with_one_line_naming_it(
+    monkeypatch, capsys, variable, value, message
+):
+    monkeypatch.setenv(variable, value)
+    with pytest.raises(SystemExit) as exit_info:
+        vae_train(["prior", "runs/none"])
+    assert exit_info.value.code == 2
+    assert capsys.readouterr().err.strip() == f"vae-train: {message}"

@@ -10,6 +10,7 @@ import os
 import sys
 from collections.abc import Sequence
 from pathlib import Path
+from typing import NoReturn
 
 SUBCOMMANDS = ("classifier", "prior", "quality")
 
@@ -18,8 +19,37 @@ def _env(name: str, default: str | None = None) -> str | None:
     return os.environ.get("VAE_" + name.upper(), default)
 
 
-def _numbers(name: str, default: str, kind=float) -> list:
-    return [kind(v) for v in (_env(name, default) or default).replace(",", " ").split()]
+def _refuse(name: str, value: str, allowed: str) -> NoReturn:
+    """A bad VAE_* value: one line naming it and what is allowed, exit 2."""
+    print(f"vae-train: VAE_{name.upper()}={value!r}: expected {allowed}", file=sys.stderr)
+    raise SystemExit(2)
+
+
+def _numbers(name: str, default: str, kind: type = float) -> list:
+    """VAE_<NAME> as a list of numbers (spaces or commas between), else `default`'s."""
+    text = _env(name, default) or default
+    try:
+        values = [kind(v) for v in text.replace(",", " ").split()]
+    except ValueError:
+        values = []
+    if not values:
+        _refuse(name, text, f"one or more {kind.__name__}s, like {default!r}")
+    return values
+
+
+def _number(name: str, default: int) -> int:
+    text = _env(name, str(default)) or str(default)
+    try:
+        return int(text)
+    except ValueError:
+        _refuse(name, text, f"an integer, like {str(default)!r}")
+
+
+def _choice(name: str, default: str, choices: tuple[str, ...]) -> str:
+    value = _env(name, default) or default
+    if value not in choices:
+        _refuse(name, value, f"one of {', '.join(choices)}")
+    return value
 
 
 def _named_path(text: str) -> tuple[str, Path]:
@@ -75,7 +105,7 @@ def build_parser() -> argparse.ArgumentParser:
     prior.add_argument(
         "--kind",
         choices=("mixture", "two-stage"),
-        default=_env("prior_kind", "mixture"),
+        default=_choice("prior_kind", "mixture", ("mixture", "two-stage")),
         help="mixture (<which>.prior.npz) or two-stage (<which>.two_stage.pt) [VAE_PRIOR_KIND]",
     )
     mixture = prior.add_argument_group("mixture")
@@ -91,14 +121,14 @@ def build_parser() -> argparse.ArgumentParser:
     mixture.add_argument(
         "--fit-to",
         choices=("draws", "means"),
-        default=_env("prior_fit", "draws"),
+        default=_choice("prior_fit", "draws", ("draws", "means")),
         help="draws z ~ q(z | x) of every training image (the aggregate posterior), or the "
         "posterior means alone (Ghosh et al.'s fit, the old default) [VAE_PRIOR_FIT]",
     )
     mixture.add_argument(
         "--draws",
         type=int,
-        default=int(_env("prior_draws", "4") or 4),
+        default=_number("prior_draws", 4),
         help="draws per training image with --fit-to draws [VAE_PRIOR_DRAWS]",
     )
     mixture.add_argument(
@@ -113,7 +143,7 @@ def build_parser() -> argparse.ArgumentParser:
     second.add_argument(
         "--epochs",
         type=int,
-        default=int(_env("two_stage_epochs", str(defaults.epochs)) or defaults.epochs),
+        default=_number("two_stage_epochs", defaults.epochs),
         help="epochs of the second stage, each a fresh draw of every training code "
         "[VAE_TWO_STAGE_EPOCHS]",
     )

@@ -1,73 +1,68 @@
 #!/usr/bin/env bash
 # Every command behind reports/sample-quality/README.md, in order, from the repository root, after
-# `./scripts/uv.sh sync --frozen --extra train --extra dev`. Everything runs under nice -n 19 with one
-# torch thread per process (the machine's 2 cores are shared). Stages: STAGES="mnist-data train
-# classifier quality table grids" (default: all).
+# `./scripts/uv.sh sync --frozen --extra train --extra cpu --extra dev`. Everything runs under nice
+# with one torch thread per process (the machine's 2 cores are shared). Stages: STAGES="train
+# classifier priors quality table grids cvae" (default: all).
 set -euo pipefail
 RUNS=${RUNS:-runs/sample-quality}
 OUT=reports/sample-quality
-MNIST=runs/data/mnist-t10k-split
-STAGES=${STAGES:-"mnist-data train classifier quality table grids"}
-py() { nice -n 19 .venv/bin/python "$@"; }
-train() { nice -n 19 .venv/bin/vae-train "$@"; }
+LANES=${LANES:-2}
+STAGES=${STAGES:-"train classifier priors quality table grids cvae"}
+py() { nice -n 10 .venv/bin/python "$@"; }
+train() { nice -n 10 .venv/bin/vae-train "$@"; }
 has() { [[ " $STAGES " == *" $1 "* ]]; }
-
-# MNIST: only its 10,000 test images exist here; they are cut into 8,000 for training (1,000 of
-# them for validation) and 2,000 for testing.
-has mnist-data && py scripts/sample_quality_report.py split-mnist ../shared/data/mnist-t10k "$MNIST"
-
-# Twelve Fashion-MNIST models (four configs x seeds 0-2, 10 epochs) and the same twelve on the MNIST
-# split. Each run fits its 10-component mixture prior to the training codes of best.pt at the end.
-if has train; then
-  ./reports/sample-quality/train.sh
-  DATASET=mnist DATA_DIR=$MNIST PREFIX=mnist- VAL_SIZE=1000 ./reports/sample-quality/train.sh
-fi
-
-# The feature classifiers, 2 epochs each on the training split.
-if has classifier; then
-  train classifier --dataset fashion-mnist --threads 1
-  train classifier --dataset mnist --data-dir "$MNIST" --threads 1
-fi
-
-# The mixture is refitted (same seed, same result as the automatic fit) so that runs trained before
-# the automatic fit existed have one too, then each run is scored: 10,000 (MNIST: 2,000) test images
-# against as many decoded N(0, I) and mixture draws.
-if has quality; then
+lanes() {  # run "$@" once per run directory, LANES at a time
   for run in "$RUNS"/*-s[0-9]; do
-    samples=10000; [[ $(basename "$run") == mnist-* ]] && samples=2000
-    train prior "$run" --threads 1 > "$run/prior.out"
-    train quality "$run" --samples "$samples" --threads 1 > "$run/quality.out"
+    while [ "$(jobs -rp | wc -l)" -ge "$LANES" ]; do wait -n; done
+    "$@" "$run" &
   done
-fi
+  wait
+}
+
+# Twelve Fashion-MNIST models: four configs x seeds 0-2, 10 epochs, one at a time.
+has train && ./reports/sample-quality/train.sh
+
+# The feature classifier, 2 epochs on the training split.
+has classifier && train classifier --dataset fashion-mnist --threads 1
+
+# Each run's priors: the mixture of the posterior means alone (the previous fit, kept as the
+# baseline), the aggregate-posterior mixture (4 draws from every training image's q(z | x)) and the
+# two-stage prior (200 epochs); the last two are what vae-train fits at the end of training.
+priors() {
+  local run=$1
+  train prior "$run" --fit-to means --output "$run/best.means.prior.npz" --threads 1 > "$run/prior-means.out"
+  train prior "$run" --threads 1 > "$run/prior.out"
+  train prior "$run" --kind two-stage --threads 1 > "$run/two-stage.out"
+}
+has priors && lanes priors
+
+# Every prior at temperatures 1, 1.25, 1.5 and 1.75 (the means-only mixture at 1), each the mean
+# of three sampling seeds, 10,000 test images against 10,000 generated; the recommended prior.
+quality() {
+  train quality "$1" --samples 10000 --seeds 0 1 2 --temperatures 1.25 1.5 1.75 \
+    --extra-mixture "means=$1/best.means.prior.npz" --threads 1 > "$1/quality.out"
+}
+has quality && lanes quality
 
 has table && py scripts/sample_quality_report.py table "$RUNS" "$OUT"
 
-# The grids come from the served models: export seed 0 of each model, serve, and ask Sample for the
-# same 64 seeds' images from each prior.
+# The grids: seed 0 of each model exported with vae-export, 64 images per prior drawn from the
+# version's files as vae-serve draws them (seed 0), side by side.
 if has grids; then
   repo=runs/sample-quality-repository
   rm -rf "$repo" "$RUNS/png"
-  for prefix in "" mnist-; do
-    for model in mlp-vae conv-vae beta-vae mlp-ae; do
-      nice -n 19 .venv/bin/vae-export "$RUNS/$prefix$model-s0/best.pt" --repository "$repo" \
-        --name "$prefix$model" ${prefix:+--data-dir $MNIST}
-    done
+  for model in mlp-vae conv-vae beta-vae mlp-ae; do
+    nice -n 10 .venv/bin/vae-export "$RUNS/$model-s0/best.pt" --repository "$repo" --name "$model"
   done
-  nice -n 19 .venv/bin/vae-serve --repository "$repo" --port 50071 --metrics-port 0 \
-    --providers CPUExecutionProvider --reload-interval-seconds 0 > "$RUNS/serve.log" 2>&1 &
-  server=$!
-  trap 'kill $server' EXIT
-  for _ in $(seq 60); do .venv/bin/vae-client --address localhost:50071 info > /dev/null 2>&1 && break; sleep 1; done
-  for prefix in "" mnist-; do
-    for model in mlp-vae conv-vae beta-vae mlp-ae; do
-      for prior in standard-normal mixture; do
-        .venv/bin/vae-client --address localhost:50071 --model "$prefix$model" sample --count 64 \
-          --seed 0 --prior "$prior" --scale 2 -o "$RUNS/png/$prefix${model}-${prior//-/_}.png"
-      done
-    done
-  done
+  py scripts/sample_quality_report.py samples "$repo" "$RUNS/png"
   py scripts/sample_quality_report.py grids "$RUNS/png" "$OUT/fashion-mnist"
-  mkdir -p "$RUNS/png-mnist"
-  for f in "$RUNS"/png/mnist-*.png; do cp "$f" "$RUNS/png-mnist/$(basename "${f#"$RUNS"/png/mnist-}")"; done
-  py scripts/sample_quality_report.py grids "$RUNS/png-mnist" "$OUT/mnist"
+fi
+
+# The CVAE: one mixture over every class's codes (what a version ships) against one per class.
+if has cvae; then
+  mkdir -p "$RUNS-cvae"
+  nice -n 10 .venv/bin/vae-train --config configs/mlp-cvae.yaml --run-dir "$RUNS-cvae/mlp-cvae-s0" \
+    --seed 0 --epochs 10 --threads 1 --iwae-samples 0 --tensorboard false --progress false \
+    --prior-components 0 --prior-two-stage false > "$RUNS-cvae/mlp-cvae-s0.log" 2>&1
+  py scripts/sample_quality_report.py cvae-priors "$RUNS-cvae/mlp-cvae-s0" "$OUT/cvae-priors.json"
 fi
