@@ -33,7 +33,6 @@ from training.data import DatasetNotFound, load_idx_split
 from training.prior import load_mixture, prior_path
 from training.two_stage import SecondStageVAE, load_two_stage, two_stage_path
 
-QUALITY_PREFIXES = ("fd_", "precision_", "recall_")
 # The run file behind each learned prior, whose sha256 `vae-train quality` records: figures of a
 # prior refitted since are stale and left out.
 PRIOR_FILES = {PRIOR_MIXTURE: prior_path, PRIOR_TWO_STAGE: two_stage_path}

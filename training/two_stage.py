@@ -1,16 +1,18 @@
 """The two-stage prior (Dai & Wipf 2019, "Diagnosing and Enhancing VAE Models", section 4): after
 training, a second small VAE is trained on the first model's latent codes z ~ q(z | x); its decoder
-maps u ~ N(0, I) to z, which the first decoder turns into an image. Written beside the checkpoint as
+maps noise to z, which the first decoder turns into an image. Written beside the checkpoint as
 `<checkpoint>.two_stage.pt` (tensors and plain values, read with weights_only=True).
 
 Why it can beat a mixture: the aggregate posterior of a VAE is neither N(0, I) (the first stage's
 prior, which it fails to fill) nor a few ellipsoids (a 10-component mixture); the second stage learns
-a smooth map from N(0, I) onto it. Following Dai & Wipf, its latent size equals the code size and its
-Gaussian decoder has a learned variance gamma, which may fall towards 0 so the map becomes sharp
-where a fixed unit variance would blur it. Our own choices, measured in reports/sample-quality: the
-codes are standardised per dimension (autoencoder codes are not unit-scale), each epoch draws fresh
-z ~ q(z | x) from the stored posteriors, the learning rate decays on a cosine, and the weights kept
-are those of the epoch with the lowest held-out loss.
+a smooth map from N(0, I) onto it. As in Dai & Wipf, its latent u is as wide as the codes and its
+Gaussian decoder p(z | u) = N(mu(u), gamma) learns gamma. Where our codes differ from theirs (they
+fill their space rather than lie near a manifold), so do our choices, each measured
+(reports/sample-quality): one gamma per code dimension, and samples that are draws of p(z | u), not
+its mean (TwoStageConfig says why); besides, the codes are standardised per dimension (autoencoder
+codes are not unit-scale), each epoch draws fresh z ~ q(z | x) from the stored posteriors, the KL
+weight warms up, the learning rate decays on a cosine, and the weights kept are those of the epoch
+with the lowest held-out loss.
 """
 
 from __future__ import annotations
