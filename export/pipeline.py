@@ -26,16 +26,18 @@ from server.repository import (
     ModelMetadata,
     RepositoryError,
     validate_model_name,
+    write_class_mixtures,
     write_mixture,
 )
 from training.checkpoint import CheckpointError, load_checkpoint, model_from_checkpoint, sha256_file
+from training.class_prior import class_prior_path, load_class_mixtures, mixture_file
 from training.data import DatasetNotFound, load_idx_split
 from training.prior import load_mixture, prior_path
 from training.two_stage import SecondStageVAE, load_two_stage, two_stage_path
 
 # The run file behind each learned prior, whose sha256 `vae-train quality` records: figures of a
 # prior refitted since are stale and left out.
-PRIOR_FILES = {PRIOR_MIXTURE: prior_path, PRIOR_TWO_STAGE: two_stage_path}
+PRIOR_FILES = {PRIOR_MIXTURE: mixture_file, PRIOR_TWO_STAGE: two_stage_path}
 
 
 @dataclass
@@ -104,6 +106,29 @@ def run_mixture(
     if fitted_to != digest:
         return None, {}, f"mixture prior left out: {path.name} was fitted to another checkpoint"
     return mixture, summary, ""
+
+
+def run_class_mixtures(
+    checkpoint: Path, digest: str, latent_dim: int
+) -> tuple[list[GaussianMixture], dict, str]:
+    """A conditional run's mixtures per class (`<checkpoint>.class_prior.npz`), each checked as the
+    server will check it, with the fit's summary; or none and why (a note for the export table)."""
+    path = class_prior_path(checkpoint)
+    if not path.is_file():
+        return [], {}, ""
+    try:
+        arrays, fitted_to, summary = load_class_mixtures(path)
+        mixtures = [
+            GaussianMixture.from_arrays(
+                {name: arrays[name][label] for name in arrays}, latent_dim, f"{path} ({label})"
+            )
+            for label in range(len(arrays["weights"]))
+        ]
+    except (OSError, ValueError, KeyError) as exc:  # RepositoryError is a ValueError
+        raise RepositoryError(f"{path}: unreadable per-class mixture prior ({exc})") from exc
+    if fitted_to != digest:
+        return [], {}, f"per-class mixtures left out: {path.name} was fitted to another checkpoint"
+    return mixtures, summary, ""
 
 
 def run_two_stage(checkpoint: Path, digest: str) -> tuple[SecondStageVAE | None, dict, str]:
@@ -198,10 +223,17 @@ def export_checkpoint(
         report = {}
         mixture, mixture_summary, note = run_mixture(checkpoint, digest, config.latent_dim)
         second_stage, second_stage_summary, second_note = run_two_stage(checkpoint, digest)
-        note = "; ".join(n for n in (note, second_note) if n)
+        per_class, per_class_summary, class_note = run_class_mixtures(
+            checkpoint, digest, config.latent_dim
+        )
+        if config.num_classes and per_class and len(per_class) != config.num_classes:
+            raise RepositoryError(f"{len(per_class)} per-class mixtures for {config.num_classes}")
+        if config.num_classes:  # a conditional model has no two-stage prior (training/two_stage)
+            second_stage, second_note = None, ""
+        note = "; ".join(n for n in (note, class_note, second_note) if n)
         carried = (
             PRIOR_STANDARD_NORMAL,
-            *((PRIOR_MIXTURE,) if mixture is not None else ()),
+            *((PRIOR_MIXTURE,) if mixture is not None or per_class else ()),
             *((PRIOR_TWO_STAGE,) if second_stage is not None else ()),
         )
         quality = quality_metrics(checkpoint, digest, carried)
@@ -228,6 +260,18 @@ def export_checkpoint(
                         k: mixture_summary[k]
                         for k in ("covariance_type", "fit_images", "heldout_log_likelihood")
                         if k in mixture_summary
+                    },
+                }
+            class_mixture: dict = {}
+            if per_class:
+                class_mixture = {
+                    "classes": len(per_class),
+                    "components": per_class[0].components,
+                    "sha256": write_class_mixtures(directory, per_class),
+                    **{
+                        k: per_class_summary[k]
+                        for k in ("covariance_type", "fit_to", "heldout_log_likelihood")
+                        if k in per_class_summary
                     },
                 }
             two_stage: dict = {}
@@ -259,6 +303,7 @@ def export_checkpoint(
                 model_config=config.to_dict(),
                 mixture=described,
                 two_stage=two_stage,
+                class_mixture=class_mixture,
                 recommended_prior=recommended_prior,
                 recommended_temperature=recommended_temperature,
             )

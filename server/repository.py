@@ -1,6 +1,7 @@
 """The model repository format: `<repo>/<name>/<version>/{encoder.onnx,decoder.onnx,model.json}`,
-plus optional learned priors: `prior.npz` (a Gaussian mixture over the latent space) and
-`prior_decoder.onnx` (the decoder of a two-stage prior, noise -> latent).
+plus optional learned priors: `prior.npz` (a Gaussian mixture over the latent space),
+`class_prior.npz` (a conditional model's mixture per class) and `prior_decoder.onnx` (the decoder of
+a two-stage prior, noise -> latent).
 
 This module is the single definition of that layout. `export` writes it, `server` reads it; it imports
 neither torch nor grpc.
@@ -25,6 +26,11 @@ METADATA_FILE = "model.json"
 # The learned prior: plain float64 arrays in an .npz read with allow_pickle=False, never a pickle.
 MIXTURE_FILE = "prior.npz"
 MIXTURE_ARRAYS = ("weights", "means", "scale_tril")
+# A conditional model's mixture per class: the same three arrays with a leading class axis, weights
+# (L, K), means (L, K, D), scale_tril (L, K, D, D); PRIOR_MIXTURE with label c draws from mixture c.
+# A version may carry it beside prior.npz (the pooled mixture, which servers that predate this file
+# keep serving).
+CLASS_MIXTURE_FILE = "class_prior.npz"
 # The two-stage prior (Dai & Wipf 2019): a graph noise (N, noise_dim) float32 -> latent (N, D)
 # float32, deterministic. A Sample at temperature T draws noise ~ N(0, T^2 I) exactly as it draws
 # N(0, I) latents (numpy default_rng(seed).standard_normal((N, noise_dim), dtype=float32), then
@@ -108,6 +114,10 @@ class ModelMetadata:
     # and the second stage's training figures; empty when the version has none. Checked by
     # read_prior_decoder, not by validate(): a bad prior is refused alone, the version still serves.
     two_stage: dict[str, Any] = field(default_factory=dict)
+    # A conditional model's mixtures per class in class_prior.npz, described: classes (L),
+    # components (K), sha256 (of the file), covariance_type, fit_to; checked by
+    # read_class_mixtures. When present, PRIOR_MIXTURE draws from the requested label's mixture.
+    class_mixture: dict[str, Any] = field(default_factory=dict)
     # The prior (and its temperature) that sample quality recommends: the lowest Fréchet distance
     # among the priors whose recall is at least 0.8 x that of N(0, I) (training/recommend.py);
     # "" when not measured, and then N(0, I) at temperature 1 is the default.
@@ -127,7 +137,7 @@ class ModelMetadata:
         return tuple(p for p in PRIORS if p in declared)
 
     def _learned(self) -> dict[str, dict[str, Any]]:
-        return {PRIOR_MIXTURE: self.mixture, PRIOR_TWO_STAGE: self.two_stage}
+        return {PRIOR_MIXTURE: self.mixture or self.class_mixture, PRIOR_TWO_STAGE: self.two_stage}
 
     def to_json(self) -> str:
         data = dataclasses.asdict(self)
@@ -159,6 +169,7 @@ class ModelMetadata:
                 model_config=dict(data.get("model_config", {})),
                 mixture=dict(data.get("mixture", {})),
                 two_stage=dict(data.get("two_stage", {})),
+                class_mixture=dict(data.get("class_mixture", {})),
                 recommended_prior=str(data.get("recommended_prior", "")),
                 recommended_temperature=float(data.get("recommended_temperature", 1.0)),
                 format_version=int(data.get("format_version", FORMAT_VERSION)),
@@ -239,6 +250,10 @@ class VersionPaths:
     @property
     def prior_decoder(self) -> Path:
         return self.directory / PRIOR_DECODER_FILE
+
+    @property
+    def class_mixture(self) -> Path:
+        return self.directory / CLASS_MIXTURE_FILE
 
 
 def read_metadata(version_dir: Path) -> ModelMetadata:
@@ -445,6 +460,78 @@ def read_prior_decoder(version_dir: Path, meta: ModelMetadata) -> PriorDecoder |
         )
     block = meta.two_stage
     return PriorDecoder(data, block["input"], block["output"], block["noise_dim"], meta.latent_dim)
+
+
+def write_class_mixtures(directory: Path, mixtures: list[GaussianMixture]) -> str:
+    """Write class_prior.npz (one mixture per class, all with K components) into a version
+    directory being built; returns its sha256 for model.json."""
+    if not mixtures or len({m.components for m in mixtures}) != 1:
+        raise RepositoryError("per-class mixtures must be one or more, with one component count")
+    buffer = io.BytesIO()
+    np.savez(
+        buffer,
+        weights=np.stack([m.weights for m in mixtures]),
+        means=np.stack([m.means for m in mixtures]),
+        scale_tril=np.stack([m.scale_tril for m in mixtures]),
+    )
+    data = buffer.getvalue()
+    (directory / CLASS_MIXTURE_FILE).write_bytes(data)
+    return hashlib.sha256(data).hexdigest()
+
+
+def read_class_mixtures(
+    version_dir: Path, meta: ModelMetadata
+) -> tuple[GaussianMixture, ...] | None:
+    """The version's mixture per class (index = label), None when model.json declares none;
+    RepositoryError (one line) when the block or the file is wrong: the server then serves the
+    version without it (the pooled prior.npz, if any, still answers PRIOR_MIXTURE)."""
+    block = meta.class_mixture
+    if not block:
+        return None
+    path = VersionPaths(version_dir).class_mixture
+    sha, classes = block.get("sha256"), block.get("classes")
+    if not isinstance(sha, str) or not _SHA256_RE.fullmatch(sha):
+        raise RepositoryError(
+            f"{version_dir / METADATA_FILE}: class_mixture.sha256 must be the 64 hex digits of "
+            f"{CLASS_MIXTURE_FILE}; export the version again"
+        )
+    if classes != meta.num_classes or not meta.conditional:
+        raise RepositoryError(
+            f"{version_dir / METADATA_FILE}: class_mixture.classes must equal num_classes "
+            f"{meta.num_classes} of a conditional model, got {classes!r}; export the version again"
+        )
+    try:
+        data = path.read_bytes()
+    except OSError as exc:
+        raise RepositoryError(
+            f"{path}: cannot read the per-class mixture prior ({exc}); export the version again"
+        ) from exc
+    digest = hashlib.sha256(data).hexdigest()
+    if digest != sha:
+        raise RepositoryError(
+            f"{path}: sha256 {digest[:12]}... differs from the {sha[:12]}... that model.json "
+            "records: the file is corrupt or was replaced; export the version again"
+        )
+    try:
+        with np.load(io.BytesIO(data), allow_pickle=False) as npz:
+            arrays = {name: npz[name] for name in npz.files}
+    except Exception as exc:  # zipfile, ValueError for pickled objects, truncated members ...
+        raise RepositoryError(
+            f"{path}: not a readable .npz of plain arrays ({type(exc).__name__}: {exc})"
+        ) from exc
+    missing = [name for name in MIXTURE_ARRAYS if name not in arrays]
+    if missing or len(arrays.get("weights", ())) != classes:
+        raise RepositoryError(
+            f"{path}: expected {MIXTURE_ARRAYS} with a leading axis of {classes} classes"
+        )
+    return tuple(
+        GaussianMixture.from_arrays(
+            {name: arrays[name][label] for name in MIXTURE_ARRAYS},
+            meta.latent_dim,
+            where=f"{path} (class {label})",
+        )
+        for label in range(classes)
+    )
 
 
 def list_versions(model_dir: Path) -> list[int]:

@@ -24,6 +24,7 @@ class Codes:
 
     means: np.ndarray  # (N, D) float64
     log_variances: np.ndarray | None  # (N, D) float64, or None for an autoencoder
+    labels: np.ndarray | None = None  # (N,) int64 class labels of the images, when known
 
     def __len__(self) -> int:
         return len(self.means)
@@ -46,7 +47,14 @@ class Codes:
 
     def subset(self, rows: np.ndarray | slice) -> Codes:
         log_variances = None if self.log_variances is None else self.log_variances[rows]
-        return Codes(self.means[rows], log_variances)
+        labels = None if self.labels is None else self.labels[rows]
+        return Codes(self.means[rows], log_variances, labels)
+
+    def of_class(self, label: int) -> Codes:
+        """The codes of the images labelled `label`."""
+        if self.labels is None:
+            raise ValueError("these codes carry no labels")
+        return self.subset(np.flatnonzero(self.labels == label))
 
 
 @torch.no_grad()
@@ -55,16 +63,19 @@ def posterior_codes(model: GenerativeModel, batches: Iterable[Batch]) -> Codes:
     was_training = model.training
     model.eval()
     device = next(model.parameters()).device
-    means, log_variances = [], []
+    means, log_variances, all_labels = [], [], []
     for images, labels in batches:
         images, labels = images.to(device), labels.to(device)
         mean, log_variance = model.encode(images, model.condition_labels(labels))
         means.append(mean.double().cpu())
+        all_labels.append(labels.cpu())
         if log_variance is not None:
             log_variances.append(log_variance.double().cpu())
     model.train(was_training)
     return Codes(
-        torch.cat(means).numpy(), torch.cat(log_variances).numpy() if log_variances else None
+        torch.cat(means).numpy(),
+        torch.cat(log_variances).numpy() if log_variances else None,
+        torch.cat(all_labels).numpy().astype(np.int64),
     )
 
 

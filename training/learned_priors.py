@@ -8,7 +8,7 @@ from typing import Any
 
 import torch
 
-from training import prior, two_stage
+from training import class_prior, prior, two_stage
 
 
 def check_settings(config: Any) -> None:
@@ -28,8 +28,9 @@ def check_settings(config: Any) -> None:
 
 
 def fit_learned_priors(config: Any, data: Any, run_dir: Path, device: torch.device) -> dict:
-    """Fit what `config` (a TrainConfig) asks for to `<run_dir>/best.pt`; their summaries under
-    "prior" and "two_stage", for the run's metrics.json."""
+    """Fit what `config` (a TrainConfig) asks for to `<run_dir>/best.pt`: the mixture, for a
+    conditional model the per-class mixtures too, and for an unconditional one the two-stage prior;
+    their summaries under "prior", "class_prior" and "two_stage", for the run's metrics.json."""
     summary: dict[str, Any] = {}
     checkpoint = run_dir / "best.pt"
     if config.prior_components > 0 or config.prior_candidates:
@@ -44,7 +45,16 @@ def fit_learned_priors(config: Any, data: Any, run_dir: Path, device: torch.devi
             f"images' {mixture.fit_to} -> {path}",
             flush=True,
         )
-    if config.prior_two_stage:
+        if config.model.num_classes:
+            path, per_class = class_prior.fit_checkpoint_class_prior(
+                checkpoint, data, components, seed=config.seed, device=device,
+                fit_to=config.prior_fit, draws=config.prior_draws,
+            )  # fmt: skip
+            summary["class_prior"] = {"checkpoint": checkpoint.name, **per_class.summary()}
+            print(f"per-class mixture prior: {per_class.components} components -> {path}")
+    if config.prior_two_stage and config.model.num_classes:
+        print(f"two-stage prior: skipped ({two_stage.CONDITIONAL_REFUSAL})", flush=True)
+    elif config.prior_two_stage:
         settings = two_stage.TwoStageConfig(epochs=config.two_stage_epochs, seed=config.seed)
         path, fitted = two_stage.fit_checkpoint_two_stage(checkpoint, data, settings, device)
         summary["two_stage"] = {"checkpoint": checkpoint.name, **fitted.summary()}

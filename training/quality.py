@@ -16,10 +16,16 @@ import numpy as np
 import torch
 
 from training.checkpoint import load_checkpoint, model_from_checkpoint, sha256_file
+from training.class_prior import (
+    class_prior_path,
+    load_class_mixtures,
+    mixture_file,
+    sample_class_mixture,
+)
 from training.classifier import Classifier, default_path, load_classifier
 from training.data import load_idx_split
 from training.models import GenerativeModel
-from training.prior import load_mixture, prior_path, sample_mixture, update_metrics
+from training.prior import load_mixture, sample_mixture, update_metrics
 from training.recommend import figure_key, recommend
 from training.two_stage import load_two_stage, sample_two_stage, two_stage_path
 
@@ -122,9 +128,10 @@ def standard_normal_latents(count: int, dim: int, seed: int, temperature: float)
 def run_samplers(
     checkpoint: Path, digest: str, latent_dim: int, extra_mixtures: dict[str, Path] | None = None
 ) -> tuple[dict[str, Sampler], dict[str, str]]:
-    """A latent sampler for each prior `checkpoint` has (N(0, I); its mixture and its two-stage
-    prior when fitted to this checkpoint; `extra_mixtures`, name -> .prior.npz, to compare), and the
-    sha256 of each prior's file (a refit makes the figures stale: vae-export leaves them out)."""
+    """A latent sampler for each prior `checkpoint` has (N(0, I); its mixture, per class for a
+    conditional model, and its two-stage prior when fitted to this checkpoint; `extra_mixtures`,
+    name -> .prior.npz, to compare), and the sha256 of each prior's file (a refit makes the figures
+    stale: vae-export leaves them out)."""
     clash = set(extra_mixtures or {}) & set(SERVED_PRIORS)
     if clash:
         raise ValueError(f"extra mixture names {sorted(clash)} clash with the run's own priors")
@@ -135,18 +142,24 @@ def run_samplers(
     how_to_refit = (
         f"fit it again with `vae-train prior {checkpoint.parent} --which {checkpoint.stem}"
     )
-    mixtures = {"mixture": prior_path(checkpoint), **(extra_mixtures or {})}
+    mixtures = {"mixture": mixture_file(checkpoint), **(extra_mixtures or {})}
     for name, path in mixtures.items():
         if not path.is_file():
             if name != "mixture":
                 raise ValueError(f"{path}: no such mixture file (given for {name!r})")
             continue
-        arrays, fitted_to, _ = load_mixture(path)
+        per_class = path == class_prior_path(checkpoint)
+        arrays, fitted_to, _ = (load_class_mixtures if per_class else load_mixture)(path)
         if fitted_to != digest:
             raise ValueError(
                 f"{path} was fitted to another checkpoint than {checkpoint}; {how_to_refit}`"
             )
-        samplers[name] = lambda n, seed, t, arrays=arrays: sample_mixture(arrays, n, seed, t)
+        if per_class:  # image i is decoded with label i % classes (generate): draw from its own
+            samplers[name] = lambda n, seed, t, arrays=arrays: sample_class_mixture(
+                arrays, np.arange(n) % len(arrays["weights"]), seed, t
+            )
+        else:
+            samplers[name] = lambda n, seed, t, arrays=arrays: sample_mixture(arrays, n, seed, t)
         files[name] = sha256_file(path)
     second_stage_file = two_stage_path(checkpoint)
     if second_stage_file.is_file():

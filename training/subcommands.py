@@ -233,11 +233,13 @@ def main(argv: Sequence[str]) -> int:
             from training.prior import fit_run_prior
 
             data_dir = None if args.data_dir is None else str(args.data_dir)
-            path, mixture = fit_run_prior(
+            path, mixture, per_class = fit_run_prior(
                 args.run_dir, args.which, args.components, args.covariance, data_dir,
                 fit_to=args.fit_to, draws=args.draws, output=args.output,
             )  # fmt: skip
             result = {"output": str(path), **mixture.summary()}
+            if per_class is not None:
+                result["class_prior"] = per_class
         else:
             from training.quality import measure_run
 

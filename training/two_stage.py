@@ -34,6 +34,14 @@ from training.checkpoint import CheckpointError, load_checkpoint, model_from_che
 from training.codes import Codes, load_run, split_codes
 
 FORMAT = "vae-service-two-stage"
+# A conditional model's codes depend on the label: pooled over classes they are close to N(0, I),
+# so a second stage of the pooled codes would sample much as N(0, I) does (the pooled mixture was
+# measured at N(0, I)'s Fréchet distance, reports/sample-quality); a label-conditioned second stage
+# is not built. Its learned prior is the per-class mixture (training/class_prior.py).
+CONDITIONAL_REFUSAL = (
+    "the two-stage prior is for unconditional models: a conditional model's codes depend on the "
+    "label, and its learned prior is the per-class mixture (`vae-train prior <run-dir>`)"
+)
 FORMAT_VERSION = 1
 GAMMAS = ("scalar", "per_dim")
 LOG_GAMMA_MIN = -12.0  # gamma >= 6e-6: keeps 1 / gamma finite in float32 once the map is exact
@@ -395,6 +403,8 @@ def fit_run_two_stage(
     from training.prior import update_metrics
 
     checkpoint, run_config, data = load_run(run_dir, which, data_dir, device)
+    if run_config.model.num_classes:
+        raise ValueError(CONDITIONAL_REFUSAL)
     config = config or TwoStageConfig(seed=run_config.seed)
     path, fitted = fit_checkpoint_two_stage(checkpoint, data, config, device)
     update_metrics(run_dir, "two_stage", {"checkpoint": checkpoint.name, **fitted.summary()})
