@@ -10,8 +10,11 @@ samples <repository> <out>        64 images per prior of each model's newest ver
                                   export/prior_export.py's reference sampler for the two-stage prior)
                                   and decoded by its decoder.onnx: <out>/<model>-<panel>.png
 grids <png folder> <out>          those PNGs side by side, per model
-cvae-priors <run> <out.json>      a conditional run's pooled mixture (the one vae-export ships)
-                                  against one mixture per class, scored like vae-train quality
+cvae-priors <run> <out.json>      a conditional run's pooled mixture against one mixture per
+                                  class, scored like vae-train quality
+aggregate <run> <out.json>        the ceiling of any prior that matches the aggregate posterior:
+                                  decoded draws z ~ q(z | x) (and the means) of 10,000 training
+                                  images, scored like vae-train quality
 """
 
 from __future__ import annotations
@@ -264,6 +267,35 @@ def cvae_priors(run: Path, out: Path, samples: int = 10_000, seeds: tuple = (0, 
     out.write_text(json.dumps(figures, indent=2) + "\n")
 
 
+def aggregate(run: Path, out: Path, samples: int = 10_000, seeds: tuple = (0, 1, 2)) -> None:
+    """Decode z ~ q(z | x) of `samples` training images drawn at random (and their posterior means)
+    and score them as vae-train quality scores a prior: what a perfect model of the aggregate
+    posterior would get at temperature 1."""
+    from training.checkpoint import load_checkpoint, model_from_checkpoint
+    from training.classifier import default_path, load_classifier
+    from training.codes import load_run, split_codes
+    from training.data import load_idx_split
+    from training.quality import generate, scores
+
+    checkpoint, config, data = load_run(run, "best", None, "cpu")
+    model = model_from_checkpoint(load_checkpoint(checkpoint))
+    codes, _ = split_codes(model, data)
+    classifier = load_classifier(default_path(config.dataset), config.dataset)
+    real = classifier.features(load_idx_split(config.dataset, "test", None).images[:samples])
+    figures: dict = {"run": str(run), "samples": samples, "seeds": list(seeds)}
+    for name in ("draws", "means"):
+        runs = []
+        for seed in seeds:
+            rng = np.random.default_rng(seed)
+            chosen = codes.subset(rng.choice(len(codes), samples, replace=False))
+            z = chosen.draws(1, rng) if name == "draws" else chosen.means
+            images = generate(model, z.astype(np.float32), model.config.num_classes)
+            runs.append(scores(real, classifier.features(images)))
+        figures[name] = {m: statistics.fmean(r[m] for r in runs) for m in runs[0]}
+        print(name, figures[name], flush=True)
+    out.write_text(json.dumps(figures, indent=2) + "\n")
+
+
 def main(argv: list[str]) -> int:
     commands = {
         "split-mnist": split_mnist,
@@ -271,6 +303,7 @@ def main(argv: list[str]) -> int:
         "samples": samples,
         "grids": grids,
         "cvae-priors": cvae_priors,
+        "aggregate": aggregate,
     }
     if len(argv) != 3 or argv[0] not in commands:
         print(__doc__, file=sys.stderr)

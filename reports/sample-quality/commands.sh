@@ -2,12 +2,12 @@
 # Every command behind reports/sample-quality/README.md, in order, from the repository root, after
 # `./scripts/uv.sh sync --frozen --extra train --extra cpu --extra dev`. Everything runs under nice
 # with one torch thread per process (the machine's 2 cores are shared). Stages: STAGES="train
-# classifier priors quality table grids cvae" (default: all).
+# classifier priors quality table grids cvae aggregate" (default: all).
 set -euo pipefail
 RUNS=${RUNS:-runs/sample-quality}
 OUT=reports/sample-quality
 LANES=${LANES:-2}
-STAGES=${STAGES:-"train classifier priors quality table grids cvae"}
+STAGES=${STAGES:-"train classifier priors quality table grids cvae aggregate"}
 py() { nice -n 10 .venv/bin/python "$@"; }
 train() { nice -n 10 .venv/bin/vae-train "$@"; }
 has() { [[ " $STAGES " == *" $1 "* ]]; }
@@ -65,4 +65,12 @@ if has cvae; then
     --seed 0 --epochs 10 --threads 1 --iwae-samples 0 --tensorboard false --progress false \
     --prior-components 0 --prior-two-stage false > "$RUNS-cvae/mlp-cvae-s0.log" 2>&1
   py scripts/sample_quality_report.py cvae-priors "$RUNS-cvae/mlp-cvae-s0" "$OUT/cvae-priors.json"
+fi
+
+# The ceiling at temperature 1 of any prior that matches the aggregate posterior: decoded draws
+# z ~ q(z | x) of 10,000 training images (and their means), for seed 0 of each VAE.
+if has aggregate; then
+  for model in mlp-vae conv-vae beta-vae; do
+    py scripts/sample_quality_report.py aggregate "$RUNS/$model-s0" "$OUT/aggregate-$model.json"
+  done
 fi
