@@ -201,13 +201,13 @@ def _run_grpc(args: argparse.Namespace) -> dict:
 
 def _run_in_process(args: argparse.Namespace) -> dict:
     """The ceiling: the same prior draws and decoder batches, onnxruntime called directly."""
-    from server import latent
+    from server.dataplane import latent_space
+    from server.inference.sessions import ModelSessions, RuntimeOptions
     from server.repository import list_versions, version_dir
-    from server.runtime import ModelRuntime, RuntimeOptions
 
     repo = Path(args.repository)
     version = max(list_versions(repo / args.model))
-    runtime = ModelRuntime(
+    runtime = ModelSessions(
         version_dir(repo, args.model, version),
         RuntimeOptions(providers=args.providers, intra_op_threads=args.intra_op_threads),
     )
@@ -223,7 +223,7 @@ def _run_in_process(args: argparse.Namespace) -> dict:
         i = w
         while time.perf_counter() < stop_at:
             start = time.perf_counter()
-            z = latent.sample_prior(args.samples, meta.latent_dim, i)
+            z = latent_space.sample_prior(args.samples, meta.latent_dim, i)
             runtime.decode(z, labels)
             if state["measuring"]:
                 with lock:
@@ -310,7 +310,7 @@ def build_parser() -> StrictParser:
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     if args.in_process:
-        from server.cli import missing_onnxruntime_message, onnxruntime_missing
+        from server.process.cli import missing_onnxruntime_message, onnxruntime_missing
 
         if onnxruntime_missing():
             print(missing_onnxruntime_message("vae-bench --in-process"), file=sys.stderr)

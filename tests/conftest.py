@@ -99,14 +99,14 @@ def repository(
 class LiveServer:
     address: str
     metrics_url: str
-    server: object  # server.app.VaeServer
+    server: object  # server.process.app.VaeServer
 
 
 @pytest.fixture(scope="session")
 def live_server(repository: Path) -> Iterator[LiveServer]:
     """The real gRPC server on a loopback port, metrics on another, for the whole session."""
-    from server.app import VaeServer
-    from server.settings import Limits, Settings
+    from server.process.app import VaeServer
+    from server.process.settings import Limits, Settings
 
     settings = Settings(
         repository=repository,

@@ -17,7 +17,7 @@ import pytest
 from client.bench import build_parser as bench_parser
 from client.cli import build_parser as client_parser
 from export.cli import build_parser as export_parser
-from server.settings import (
+from server.process.settings import (
     DEFAULT_HEALTH_PORT,
     Settings,
     build_parser,

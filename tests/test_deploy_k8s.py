@@ -18,7 +18,7 @@ import dockerfile
 import pytest
 import yaml
 
-from server.settings import Settings, build_parser, parse_settings, settings_from_args
+from server.process.settings import Settings, build_parser, parse_settings, settings_from_args
 
 ROOT = Path(__file__).resolve().parent.parent
 OVERLAYS = ("overlays/cpu", "overlays/gpu")
@@ -207,14 +207,14 @@ def test_health_port_stays_on_when_tls_is_turned_on(rendered, overlay, monkeypat
 @pytest.mark.parametrize("overlay", OVERLAYS)
 @pytest.mark.parametrize("probe", PROBES)
 def test_grpc_probe_asks_a_service_the_server_reports(rendered, overlay, probe):
-    from server.app import SERVICE_NAME
+    from server.process.app import SERVICE_NAME
 
     assert server_container(rendered[overlay])[probe]["grpc"]["service"] in ("", SERVICE_NAME)
 
 
 @pytest.mark.parametrize("overlay", OVERLAYS)
 def test_readiness_asks_for_the_vae_service_which_turns_not_serving_on_drain(rendered, overlay):
-    from server.app import SERVICE_NAME
+    from server.process.app import SERVICE_NAME
 
     assert server_container(rendered[overlay])["readinessProbe"]["grpc"]["service"] == SERVICE_NAME
 
@@ -718,7 +718,7 @@ def test_kserve_grpc_port_is_named_h2c_and_is_the_configured_one(rendered, monke
 
 @pytest.mark.parametrize("probe", PROBES)
 def test_kserve_probes_ask_grpc_health_on_the_configured_port(rendered, probe, monkeypatch):
-    from server.app import SERVICE_NAME
+    from server.process.app import SERVICE_NAME
 
     grpc_probe = runtime_container(rendered["kserve"])[probe]["grpc"]
     settings = runtime_settings(rendered["kserve"], monkeypatch)

@@ -16,9 +16,9 @@ import torch
 from export.cli import main
 from export.parity import ParityError
 from export.pipeline import export_checkpoint
-from server.model_store import ModelStore
+from server.inference.sessions import RuntimeOptions
+from server.inference.store import ModelStore
 from server.repository import ModelMetadata, RepositoryError, list_versions
-from server.runtime import RuntimeOptions
 
 ROOT = Path(__file__).resolve().parent.parent
 

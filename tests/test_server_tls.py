@@ -11,7 +11,7 @@ import grpc
 import pytest
 
 from client.api import VaeClient
-from server.tls import TlsConfigError, server_credentials
+from server.fronts.tls import TlsConfigError, server_credentials
 from tests.server_helpers import running_server, settings
 
 pytestmark = pytest.mark.skipif(shutil.which("openssl") is None, reason="needs the openssl command")

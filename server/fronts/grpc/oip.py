@@ -11,27 +11,25 @@ from collections.abc import Callable
 import grpc
 import numpy as np
 
-from server.calls import CallRunner
+from server.dataplane.plane import DataPlane
 from server.errors import InvalidArgument, NotFound, ServiceError
-from server.executor import ModelExecutor
-from server.model_store import ModelStore
-from server.oip_tensors import (
+from server.fronts.calls import CallRunner
+from server.fronts.grpc.oip_tensors import add_output, read_inputs, requested_outputs
+from server.fronts.v2_models import (
     DECODER,
     ENCODER,
     ROLES,
     SAMPLER,
     Signature,
     TensorSpec,
-    add_output,
-    read_inputs,
-    requested_outputs,
     signature,
     split_name,
     v2_names,
 )
+from server.inference.served_model import ServedModel
+from server.inference.store import ModelStore
 from server.proto_gen.inference import grpc_service_pb2 as pb
 from server.proto_gen.inference import grpc_service_pb2_grpc as pb_grpc
-from server.service import DataPlane
 
 SERVICE_NAME = pb.DESCRIPTOR.services_by_name["GRPCInferenceService"].full_name
 SERVER_NAME = "vae-serve"
@@ -125,7 +123,7 @@ class InferenceServicer(pb_grpc.GRPCInferenceServiceServicer):
 
     # --- model lookup ---------------------------------------------------------------------------
 
-    def _runtime(self, name: str, version: str) -> ModelExecutor:
+    def _runtime(self, name: str, version: str) -> ServedModel:
         """The model version a v2 name and version select; NOT_FOUND lists the v2 names."""
         number = _version_number(version)
         parts = split_name(name)
@@ -141,43 +139,43 @@ class InferenceServicer(pb_grpc.GRPCInferenceServiceServicer):
         names = [v2 for model in self.store.names() for v2 in v2_names(model)]
         raise NotFound(f"unknown model {name!r}; models are {', '.join(names)}")
 
-    def _resolve(self, name: str, version: str) -> functools.partial[ModelExecutor]:
+    def _resolve(self, name: str, version: str) -> functools.partial[ServedModel]:
         return functools.partial(self._runtime, name, version)
 
     @staticmethod
-    def _signature(runtime: ModelExecutor | None, name: str) -> Signature:
+    def _signature(model: ServedModel | None, name: str) -> Signature:
         parts = split_name(name)
-        assert runtime is not None and parts is not None  # _runtime resolved this name
-        return signature(runtime.metadata, parts[1])
+        assert model is not None and parts is not None  # _runtime resolved this name
+        return signature(model.metadata, parts[1])
 
     # --- server and model metadata --------------------------------------------------------------
 
     async def ServerLive(self, request: pb.ServerLiveRequest, context: grpc.aio.ServicerContext):
-        async def work(_: ModelExecutor | None) -> pb.ServerLiveResponse:
+        async def work(_: ServedModel | None) -> pb.ServerLiveResponse:
             return pb.ServerLiveResponse(live=True)
 
         return await self.calls.run("ServerLive", context, None, work)
 
     async def ServerReady(self, request: pb.ServerReadyRequest, context: grpc.aio.ServicerContext):
-        async def work(_: ModelExecutor | None) -> pb.ServerReadyResponse:
+        async def work(_: ServedModel | None) -> pb.ServerReadyResponse:
             return pb.ServerReadyResponse(ready=self.server_ready())
 
         return await self.calls.run("ServerReady", context, None, work)
 
     async def ModelReady(self, request: pb.ModelReadyRequest, context: grpc.aio.ServicerContext):
-        async def work(_: ModelExecutor | None) -> pb.ModelReadyResponse:
+        async def work(_: ServedModel | None) -> pb.ModelReadyResponse:
             try:  # an unknown model or version is not ready; the question itself is fine
-                runtime = self._runtime(request.name, request.version)
+                model = self._runtime(request.name, request.version)
             except ServiceError:
                 return pb.ModelReadyResponse(ready=False)
-            return pb.ModelReadyResponse(ready=self.model_ready(runtime.metadata.name))
+            return pb.ModelReadyResponse(ready=self.model_ready(model.metadata.name))
 
         return await self.calls.run("ModelReady", context, None, work)
 
     async def ServerMetadata(
         self, request: pb.ServerMetadataRequest, context: grpc.aio.ServicerContext
     ):
-        async def work(_: ModelExecutor | None) -> pb.ServerMetadataResponse:
+        async def work(_: ServedModel | None) -> pb.ServerMetadataResponse:
             return pb.ServerMetadataResponse(
                 name=SERVER_NAME, version=self._version, extensions=EXTENSIONS
             )
@@ -187,12 +185,12 @@ class InferenceServicer(pb_grpc.GRPCInferenceServiceServicer):
     async def ModelMetadata(
         self, request: pb.ModelMetadataRequest, context: grpc.aio.ServicerContext
     ):
-        async def work(runtime: ModelExecutor | None) -> pb.ModelMetadataResponse:
-            sig = self._signature(runtime, request.name)
-            assert runtime is not None
+        async def work(model: ServedModel | None) -> pb.ModelMetadataResponse:
+            sig = self._signature(model, request.name)
+            assert model is not None
             return pb.ModelMetadataResponse(
                 name=request.name,
-                versions=[str(v) for v in self.store.versions(runtime.metadata.name)],
+                versions=[str(v) for v in self.store.versions(model.metadata.name)],
                 platform=PLATFORMS[sig.role],
                 inputs=[_tensor_metadata(spec) for spec in sig.inputs],
                 outputs=[_tensor_metadata(spec) for spec in sig.outputs],
@@ -202,8 +200,8 @@ class InferenceServicer(pb_grpc.GRPCInferenceServiceServicer):
         return await self.calls.run("ModelMetadata", context, resolve, work)
 
     async def ModelConfig(self, request: pb.ModelConfigRequest, context: grpc.aio.ServicerContext):
-        async def work(runtime: ModelExecutor | None) -> pb.ModelConfigResponse:
-            sig = self._signature(runtime, request.name)
+        async def work(model: ServedModel | None) -> pb.ModelConfigResponse:
+            sig = self._signature(model, request.name)
             config = model_config(request.name, sig, self.plane.limits.max_batch)
             return pb.ModelConfigResponse(config=config)
 
@@ -215,7 +213,7 @@ class InferenceServicer(pb_grpc.GRPCInferenceServiceServicer):
     ):
         """Every loaded version of every v2 model (vae-serve has one repository, whatever the name)."""
 
-        async def work(_: ModelExecutor | None) -> pb.RepositoryIndexResponse:
+        async def work(_: ServedModel | None) -> pb.RepositoryIndexResponse:
             response = pb.RepositoryIndexResponse()
             for model in self.store.names():
                 ready = self.model_ready(model)
@@ -233,22 +231,22 @@ class InferenceServicer(pb_grpc.GRPCInferenceServiceServicer):
     # --- inference ------------------------------------------------------------------------------
 
     async def ModelInfer(self, request: pb.ModelInferRequest, context: grpc.aio.ServicerContext):
-        async def work(runtime: ModelExecutor | None) -> pb.ModelInferResponse:
-            sig = self._signature(runtime, request.model_name)
-            assert runtime is not None
+        async def work(model: ServedModel | None) -> pb.ModelInferResponse:
+            sig = self._signature(model, request.model_name)
+            assert model is not None
             inputs = read_inputs(request, sig, self._max_elements)
             names = requested_outputs(request, sig)
             response = pb.ModelInferResponse(
                 model_name=request.model_name,
-                model_version=str(runtime.metadata.version),
+                model_version=str(model.metadata.version),
                 id=request.id,
             )
             if sig.role == DECODER:
-                outputs = await self._decode(runtime, inputs)
+                outputs = await self._decode(model, inputs)
             elif sig.role == ENCODER:
-                outputs = await self._encode(runtime, inputs, request)
+                outputs = await self._encode(model, inputs, request)
             else:
-                outputs = await self._sample(runtime, inputs, response)
+                outputs = await self._sample(model, inputs, response)
             for name in names:
                 add_output(response, name, outputs[name])
             return response
@@ -256,12 +254,12 @@ class InferenceServicer(pb_grpc.GRPCInferenceServiceServicer):
         resolve = self._resolve(request.model_name, request.model_version)
         return await self.calls.run("ModelInfer", context, resolve, work)
 
-    async def _decode(self, runtime: ModelExecutor, inputs: Outputs) -> Outputs:
-        result = await self.plane.decode(runtime, inputs["latent"], inputs.get("label", ()))
+    async def _decode(self, model: ServedModel, inputs: Outputs) -> Outputs:
+        result = await self.plane.decode(model, inputs["latent"], inputs.get("label", ()))
         return {"image": result.images}
 
     async def _encode(
-        self, runtime: ModelExecutor, inputs: Outputs, request: pb.ModelInferRequest
+        self, model: ServedModel, inputs: Outputs, request: pb.ModelInferRequest
     ) -> Outputs:
         clamp = False
         if "clamp" in request.parameters:  # the Encode flag: clip images into [0, 1]
@@ -270,7 +268,7 @@ class InferenceServicer(pb_grpc.GRPCInferenceServiceServicer):
                 raise InvalidArgument("parameter clamp must be a bool (bool_param)")
             clamp = parameter.bool_param
         result = await self.plane.encode(
-            runtime, inputs["image"], inputs.get("label", ()), clamp=clamp
+            model, inputs["image"], inputs.get("label", ()), clamp=clamp
         )
         outputs = {"mean": result.mean}
         if result.log_variance is not None:
@@ -278,7 +276,7 @@ class InferenceServicer(pb_grpc.GRPCInferenceServiceServicer):
         return outputs
 
     async def _sample(
-        self, runtime: ModelExecutor, inputs: Outputs, response: pb.ModelInferResponse
+        self, model: ServedModel, inputs: Outputs, response: pb.ModelInferResponse
     ) -> Outputs:
         """vae.v1 Sample through the same DataPlane.sample: the same seed gives the same images."""
         seed, temperature, label = (
@@ -287,7 +285,7 @@ class InferenceServicer(pb_grpc.GRPCInferenceServiceServicer):
             inputs.get("label"),
         )
         result = await self.plane.sample(
-            runtime,
+            model,
             int(inputs["count"][0]),
             seed=None if seed is None else int(seed[0]),
             temperature=0.0 if temperature is None else float(temperature[0]),

@@ -14,8 +14,9 @@ from pathlib import Path
 from typing import Any
 
 from server import options as opt
-from server.batching import BatchingConfig
-from server.runtime import DEFAULT_PROVIDERS
+from server.dataplane.limits import Limits
+from server.inference.batching import BatchingConfig
+from server.inference.sessions import DEFAULT_PROVIDERS
 
 LOG_LEVELS = ("DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL")
 LOG_FORMATS = ("text", "json")
@@ -24,18 +25,6 @@ CUDNN_CONV_ALGO_SEARCHES = ("EXHAUSTIVE", "HEURISTIC", "DEFAULT")
 # The plaintext grpc.health.v1 listener's port when TLS is on and --health-port is not given:
 # kubelet's gRPC probes and docker/healthcheck.py speak plaintext only.
 DEFAULT_HEALTH_PORT = 50052
-
-
-@dataclass(frozen=True)
-class Limits:
-    """Bounds on one request; anything larger is refused with RESOURCE_EXHAUSTED or INVALID_ARGUMENT."""
-
-    max_batch: int = 1024  # images or latents in one Encode/Decode call
-    max_samples: int = 1024  # images in one Sample call
-    max_interpolation_steps: int = 256
-    max_temperature: float = 10.0
-    max_message_bytes: int = 64 * 1024 * 1024  # gRPC send and receive limit
-    max_stream_samples: int = 1_000_000  # images in one SampleStream call
 
 
 INFERENCE_EXECUTORS = ("auto", "loop", "thread")

@@ -104,7 +104,7 @@ def _create_session(path: Path, options: RuntimeOptions) -> ort.InferenceSession
         raise RepositoryError(f"{path}: onnxruntime cannot load this graph ({exc})") from exc
 
 
-class ModelRuntime:
+class ModelSessions:
     """The encoder and decoder sessions of one model version.
 
     Shapes: images (N, C, H, W) float32 in [0, 1]; latents (N, latent_dim) float32;

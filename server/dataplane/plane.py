@@ -13,13 +13,13 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from server import latent
+from server.dataplane import latent_space
+from server.dataplane.limits import Limits
 from server.errors import FailedPrecondition, InvalidArgument, ResourceExhausted
-from server.executor import ModelExecutor
+from server.inference.served_model import ServedModel
+from server.inference.store import ModelStore
 from server.metrics import Metrics
-from server.model_store import ModelStore
 from server.repository import PRIOR_MIXTURE, PRIOR_STANDARD_NORMAL, PRIORS, GaussianMixture
-from server.settings import Limits
 
 MAX_SEED = 2**63 - 1
 DEFAULT_STREAM_CHUNK = 256  # rows per SampleStream message: ~800 KB of 28x28 float32
@@ -30,20 +30,20 @@ class Encoded:
     mean: np.ndarray  # (N, D)
     log_variance: np.ndarray | None  # (N, D); None for autoencoders
     latents: np.ndarray | None  # (N, D) when sampling was asked for
-    runtime: ModelExecutor
+    model: ServedModel
 
 
 @dataclass(frozen=True)
 class Generated:
     images: np.ndarray  # (N, C, H, W) in [0, 1]
     latents: np.ndarray  # (N, D)
-    runtime: ModelExecutor
+    model: ServedModel
     seed: int = 0
 
 
 class DataPlane:
     """Encode, Decode, Sample and Interpolate over the models of a ModelStore; each model call goes
-    through its ModelExecutor, which batches, times and counts it."""
+    through its ServedModel, which batches, times and counts it."""
 
     def __init__(self, store: ModelStore, limits: Limits, metrics: Metrics) -> None:
         self.store = store
@@ -60,9 +60,9 @@ class DataPlane:
             )
 
     def _labels(
-        self, runtime: ModelExecutor, labels: Sequence[int] | np.ndarray, rows: int
+        self, model: ServedModel, labels: Sequence[int] | np.ndarray, rows: int
     ) -> np.ndarray | None:
-        meta = runtime.metadata
+        meta = model.metadata
         if not meta.conditional:
             if len(labels):
                 raise InvalidArgument(f"model {meta.name!r} is not conditional; send no labels")
@@ -81,20 +81,20 @@ class DataPlane:
             )
         return array
 
-    def _check_images(self, runtime: ModelExecutor, images: np.ndarray, what: str) -> None:
-        expected = runtime.metadata.image_shape
+    def _check_images(self, model: ServedModel, images: np.ndarray, what: str) -> None:
+        expected = model.metadata.image_shape
         if images.ndim != 4 or tuple(images.shape[1:]) != tuple(expected):
             raise InvalidArgument(
                 f"{what}: shape {list(images.shape)} does not fit model "
-                f"{runtime.metadata.name!r}; expected [N, {', '.join(map(str, expected))}]"
+                f"{model.metadata.name!r}; expected [N, {', '.join(map(str, expected))}]"
             )
 
-    def _check_latents(self, runtime: ModelExecutor, latents: np.ndarray, what: str) -> None:
-        dim = runtime.metadata.latent_dim
+    def _check_latents(self, model: ServedModel, latents: np.ndarray, what: str) -> None:
+        dim = model.metadata.latent_dim
         if latents.ndim != 2 or latents.shape[1] != dim:
             raise InvalidArgument(
                 f"{what}: shape {list(latents.shape)} does not fit model "
-                f"{runtime.metadata.name!r}; expected [N, {dim}]"
+                f"{model.metadata.name!r}; expected [N, {dim}]"
             )
 
     def _seed(self, seed: int | None) -> int:
@@ -120,39 +120,39 @@ class DataPlane:
 
     async def encode(
         self,
-        runtime: ModelExecutor,
+        model: ServedModel,
         images: np.ndarray,
         labels: Sequence[int] | np.ndarray = (),
         sample: bool = False,
         seed: int | None = None,
         clamp: bool = False,
     ) -> Encoded:
-        self._check_images(runtime, images, "images")
+        self._check_images(model, images, "images")
         self._check_rows(len(images), "images")
         images = self.check_image_range(images, "images", clamp)
-        label_array = self._labels(runtime, labels, len(images))
-        mean, log_variance = await runtime.encode(images, label_array)
+        label_array = self._labels(model, labels, len(images))
+        mean, log_variance = await model.encode(images, label_array)
         latents = None
         if sample:
             if log_variance is None:
                 raise InvalidArgument(
-                    f"model {runtime.metadata.name!r} is a plain autoencoder with no posterior "
+                    f"model {model.metadata.name!r} is a plain autoencoder with no posterior "
                     "variance to sample from; leave sample unset"
                 )
-            latents = latent.reparameterise(mean, log_variance, self._seed(seed))
-        return Encoded(mean, log_variance, latents, runtime)
+            latents = latent_space.reparameterise(mean, log_variance, self._seed(seed))
+        return Encoded(mean, log_variance, latents, model)
 
     async def decode(
-        self, runtime: ModelExecutor, latents: np.ndarray, labels: Sequence[int] | np.ndarray = ()
+        self, model: ServedModel, latents: np.ndarray, labels: Sequence[int] | np.ndarray = ()
     ) -> Generated:
-        self._check_latents(runtime, latents, "latents")
+        self._check_latents(model, latents, "latents")
         self._check_rows(len(latents), "latents")
-        label_array = self._labels(runtime, labels, len(latents))
-        images = await runtime.decode(latents, label_array)
-        return Generated(images, latents, runtime)
+        label_array = self._labels(model, labels, len(latents))
+        images = await model.decode(latents, label_array)
+        return Generated(images, latents, model)
 
     def _sample_params(
-        self, runtime: ModelExecutor, count: int, limit: int, temperature: float, label: int | None
+        self, model: ServedModel, count: int, limit: int, temperature: float, label: int | None
     ) -> tuple[float, np.ndarray | None]:
         """Check a Sample/SampleStream request; returns (temperature, one chunk's labels or None)."""
         if count <= 0:
@@ -169,31 +169,31 @@ class DataPlane:
                 f"temperature must be in (0, {self.limits.max_temperature}] (0 means 1.0), "
                 f"got {temperature}"
             )
-        meta = runtime.metadata
+        meta = model.metadata
         if meta.conditional and label is None:
             raise InvalidArgument(
                 f"model {meta.name!r} is conditional: set label to a class in 0..{meta.num_classes - 1}"
             )
-        return temperature, self._labels(runtime, [] if label is None else [label], 1)
+        return temperature, self._labels(model, [] if label is None else [label], 1)
 
-    def _prior_mixture(self, runtime: ModelExecutor, prior: str) -> GaussianMixture | None:
+    def _prior_mixture(self, model: ServedModel, prior: str) -> GaussianMixture | None:
         """What Sample/SampleStream draw z from: None for N(0, I), else the version's mixture."""
         if prior == PRIOR_STANDARD_NORMAL:
             return None
         if prior != PRIOR_MIXTURE:
             raise InvalidArgument(f"prior {prior!r} is not one of {PRIORS}")
-        if runtime.mixture is None:
-            meta = runtime.metadata
+        if model.mixture is None:
+            meta = model.metadata
             raise FailedPrecondition(
                 f"model {meta.name!r} version {meta.version} has no mixture prior; fit one with "
                 "`vae-train prior <run-dir>` and export the checkpoint again "
                 "(`vae-export <run-dir>/best.pt --force`), or ask for the standard normal prior"
             )
-        return runtime.mixture
+        return model.mixture
 
     async def sample(
         self,
-        runtime: ModelExecutor,
+        model: ServedModel,
         count: int,
         seed: int | None = None,
         temperature: float = 0.0,
@@ -201,20 +201,22 @@ class DataPlane:
         prior: str = PRIOR_STANDARD_NORMAL,
     ) -> Generated:
         temperature, one_label = self._sample_params(
-            runtime, count, self.limits.max_samples, temperature, label
+            model, count, self.limits.max_samples, temperature, label
         )
-        mixture = self._prior_mixture(runtime, prior)
+        mixture = self._prior_mixture(model, prior)
         labels = None if one_label is None else np.repeat(one_label, count)
         used_seed = self._seed(seed)
-        rng = latent.prior_generator(used_seed)
-        latents = latent.draw_latents(rng, count, runtime.metadata.latent_dim, temperature, mixture)
-        images = await runtime.decode(latents, labels)
-        self.metrics.child(self.metrics.samples, runtime.metadata.name).inc(count)
-        return Generated(images, latents, runtime, used_seed)
+        rng = latent_space.prior_generator(used_seed)
+        latents = latent_space.draw_latents(
+            rng, count, model.metadata.latent_dim, temperature, mixture
+        )
+        images = await model.decode(latents, labels)
+        self.metrics.child(self.metrics.samples, model.metadata.name).inc(count)
+        return Generated(images, latents, model, used_seed)
 
     async def sample_stream(
         self,
-        runtime: ModelExecutor,
+        model: ServedModel,
         count: int,
         chunk_size: int = 0,
         seed: int | None = None,
@@ -225,9 +227,9 @@ class DataPlane:
         """Sample in chunks of `chunk_size` (0: the server's default); the latents are the same as
         one Sample call of `count` with this seed would draw, so chunking never changes the images."""
         temperature, one_label = self._sample_params(
-            runtime, count, self.limits.max_stream_samples, temperature, label
+            model, count, self.limits.max_stream_samples, temperature, label
         )
-        mixture = self._prior_mixture(runtime, prior)
+        mixture = self._prior_mixture(model, prior)
         chunk_size = chunk_size or min(DEFAULT_STREAM_CHUNK, self.limits.max_samples)
         if not 1 <= chunk_size <= self.limits.max_samples:
             raise InvalidArgument(
@@ -235,19 +237,19 @@ class DataPlane:
                 f"got {chunk_size}"
             )
         used_seed = self._seed(seed)
-        dim = runtime.metadata.latent_dim
-        rng = latent.prior_generator(used_seed)
+        dim = model.metadata.latent_dim
+        rng = latent_space.prior_generator(used_seed)
         for start in range(0, count, chunk_size):
             rows = min(chunk_size, count - start)
-            latents = latent.draw_latents(rng, rows, dim, temperature, mixture)  # (rows, D)
+            latents = latent_space.draw_latents(rng, rows, dim, temperature, mixture)  # (rows, D)
             labels = None if one_label is None else np.repeat(one_label, rows)
-            images = await runtime.decode(latents, labels)
-            self.metrics.child(self.metrics.samples, runtime.metadata.name).inc(rows)
-            yield Generated(images, latents, runtime, used_seed)
+            images = await model.decode(latents, labels)
+            self.metrics.child(self.metrics.samples, model.metadata.name).inc(rows)
+            yield Generated(images, latents, model, used_seed)
 
     async def interpolate(
         self,
-        runtime: ModelExecutor,
+        model: ServedModel,
         steps: int,
         spherical: bool,
         start_image: np.ndarray | None = None,
@@ -261,34 +263,34 @@ class DataPlane:
         limit = self.limits.max_interpolation_steps
         if not 2 <= steps <= limit:
             raise InvalidArgument(f"steps must be between 2 and {limit}, got {steps}")
-        meta = runtime.metadata
+        meta = model.metadata
         if meta.conditional and label is None:
             raise InvalidArgument(
                 f"model {meta.name!r} is conditional: set label to a class in 0..{meta.num_classes - 1}"
             )
-        endpoint_labels = self._labels(runtime, [] if label is None else [label, label], 2)
+        endpoint_labels = self._labels(model, [] if label is None else [label, label], 2)
         if start_image is not None and end_image is not None:
             pair = []
             for what, image in (("images.start", start_image), ("images.end", end_image)):
                 batch = image[None] if image.ndim == 3 else image
-                self._check_images(runtime, batch, what)
+                self._check_images(model, batch, what)
                 if len(batch) != 1:
                     raise InvalidArgument(f"{what}: send one image, got {len(batch)}")
                 pair.append(self.check_image_range(batch, what, clamp))
-            mean, _ = await runtime.encode(np.concatenate(pair), endpoint_labels)
+            mean, _ = await model.encode(np.concatenate(pair), endpoint_labels)
             start, end = mean[0], mean[1]
         elif start_latent is not None and end_latent is not None:
             ends = []
             for what, vector in (("latents.start", start_latent), ("latents.end", end_latent)):
                 row = vector[None] if vector.ndim == 1 else vector
-                self._check_latents(runtime, row, what)
+                self._check_latents(model, row, what)
                 if len(row) != 1:
                     raise InvalidArgument(f"{what}: send one latent vector, got {len(row)}")
                 ends.append(row[0])
             start, end = ends
         else:
             raise InvalidArgument("set either images (start and end) or latents (start and end)")
-        path = (latent.slerp if spherical else latent.lerp)(start, end, steps)
+        path = (latent_space.slerp if spherical else latent_space.lerp)(start, end, steps)
         labels = None if endpoint_labels is None else np.full(steps, label, dtype=np.int64)
-        images = await runtime.decode(path, labels)
-        return Generated(images, path, runtime)
+        images = await model.decode(path, labels)
+        return Generated(images, path, model)

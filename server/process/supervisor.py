@@ -11,8 +11,8 @@ and binds the same port; the kernel spreads connections between them), then star
 - Every child loads the repository itself and writes its metrics into PROMETHEUS_MULTIPROC_DIR (emptied
   at start); the supervisor's `/metrics` aggregates them.
 - Health: each child's slot in a shared byte array says STARTING, UP or DRAINING; every child answers
-  SERVING only while all slots are UP (server/health.py).
-- SIGTERM/SIGINT: forwarded to every child, each drains (server/app.py), the supervisor exits 0 when
+  SERVING only while all slots are UP (server/fronts/readiness.py).
+- SIGTERM/SIGINT: forwarded to every child, each drains (server/process/app.py), the supervisor exits 0 when
   all have. SIGHUP: forwarded, every child rescans the repository.
 - A child that dies is logged and restarted (at once the first time, then with a growing pause if it
   keeps dying young); its live gauges are dropped from the aggregate.
@@ -37,7 +37,7 @@ from types import FrameType
 from typing import Any
 
 from server.metrics import MULTIPROC_ENV
-from server.settings import Settings
+from server.process.settings import Settings
 
 log = logging.getLogger(__name__)
 
@@ -62,9 +62,9 @@ def _worker(
     settings: Settings, index: int, states: Any, parent: int, log_level: str, log_format: str
 ) -> None:
     """A serving child's entry point (runs in a fresh interpreter)."""
-    from server.app import StartupError, VaeServer
-    from server.health import ProcessStates
+    from server.fronts.readiness import ProcessStates
     from server.logging_setup import configure_logging
+    from server.process.app import StartupError, VaeServer
 
     configure_logging(log_level, log_format)
     server = VaeServer(settings, ProcessStates(states, index))

@@ -14,14 +14,14 @@ from typing import TypeVar
 import grpc
 
 from server.errors import ServiceError, Unavailable
-from server.executor import ModelExecutor
+from server.inference.served_model import ServedModel
 from server.logging_setup import request_id
 from server.metrics import Metrics
 
 log = logging.getLogger(__name__)
 Response = TypeVar("Response")
 # Finds the model version a call is for; raises NotFound or InvalidArgument for a bad name or version.
-Resolve = Callable[[], ModelExecutor]
+Resolve = Callable[[], ServedModel]
 _STATUS = {code.name: code for code in grpc.StatusCode}
 
 
@@ -89,24 +89,24 @@ class CallRunner:
         rpc: str,
         context: grpc.aio.ServicerContext,
         resolve: Resolve | None,
-        work: Callable[[ModelExecutor | None], Awaitable[Response]],
+        work: Callable[[ServedModel | None], Awaitable[Response]],
     ) -> Response:
         """One RPC: request id, model lookup (`resolve`, None for calls about no model), metrics
         labelled `rpc` and the model's name, and errors to status codes."""
         rid = self._request_id(context)
         request_id.set(rid)  # this task's context only: every log line of the call carries it
         context.set_trailing_metadata((("x-request-id", rid),))
-        model, code = "", "OK"
+        model_name, code = "", "OK"
         self.tracker.enter()
         timer = self.metrics.start_request()
         try:
             if self.draining:
                 raise Unavailable("server is shutting down; retry against another replica")
-            runtime = None
+            model = None
             if resolve is not None:
-                runtime = resolve()
-                model = runtime.metadata.name
-            return await work(runtime)
+                model = resolve()
+                model_name = model.metadata.name
+            return await work(model)
         except ServiceError as exc:
             code = exc.code
             log.info("%s refused (%s): %s", rpc, exc.code, exc.message)
@@ -127,7 +127,7 @@ class CallRunner:
             raise
         finally:
             self.tracker.leave()
-            self.metrics.finish_request(timer, rpc, model, code)
+            self.metrics.finish_request(timer, rpc, model_name, code)
 
 
 def _is_abort(exc: BaseException) -> bool:

@@ -8,16 +8,16 @@ from concurrent.futures import Executor
 
 import numpy as np
 
-from server.batching import Batcher, BatchingConfig, BatchObserver, RunFunction, run_model
+from server.inference.batching import Batcher, BatchingConfig, BatchObserver, RunFunction, run_model
+from server.inference.sessions import ModelSessions
 from server.metrics import Metrics
 from server.repository import GaussianMixture, ModelMetadata
-from server.runtime import ModelRuntime
 
 COMPONENTS = ("encoder", "decoder")
 
 
-class ModelExecutor:
-    """The encoder and decoder of one ModelRuntime, each behind a Batcher when batching is on.
+class ServedModel:
+    """The encoder and decoder of one ModelSessions, each behind a Batcher when batching is on.
 
     `offload` is where model calls run: None runs them on the event loop's thread (cheapest for CPU
     models of a fraction of a millisecond), an Executor runs them there while the loop serves on.
@@ -25,16 +25,16 @@ class ModelExecutor:
 
     def __init__(
         self,
-        runtime: ModelRuntime,
+        sessions: ModelSessions,
         config: BatchingConfig,
         metrics: Metrics,
         offload: Executor | None = None,
     ) -> None:
-        self.runtime = runtime
+        self.sessions = sessions
         self.config = config
         self.metrics = metrics
         self.offload = offload
-        meta = runtime.metadata
+        meta = sessions.metadata
         self._runs: dict[str, RunFunction] = {
             "encoder": self._run_encoder,
             "decoder": self._run_decoder,
@@ -53,19 +53,19 @@ class ModelExecutor:
 
     @property
     def metadata(self) -> ModelMetadata:
-        return self.runtime.metadata
+        return self.sessions.metadata
 
     @property
     def provider(self) -> str:
-        return self.runtime.provider
+        return self.sessions.provider
 
     @property
     def mixture(self) -> GaussianMixture | None:
         """The version's learned prior, loaded with it; None when it has none."""
-        return self.runtime.mixture
+        return self.sessions.mixture
 
     def _observer(self, component: str) -> BatchObserver:
-        name = self.runtime.metadata.name
+        name = self.sessions.metadata.name
 
         def observe(rows: int, seconds: float, waits: list[float]) -> None:
             self.metrics.observe_batch(name, component, rows, seconds, waits)
@@ -73,10 +73,10 @@ class ModelExecutor:
         return observe
 
     def _run_encoder(self, inputs: Sequence[np.ndarray | None]) -> Sequence[np.ndarray | None]:
-        return self.runtime.encode(inputs[0], inputs[1])  # type: ignore[arg-type]
+        return self.sessions.encode(inputs[0], inputs[1])  # type: ignore[arg-type]
 
     def _run_decoder(self, inputs: Sequence[np.ndarray | None]) -> Sequence[np.ndarray | None]:
-        return [self.runtime.decode(inputs[0], inputs[1])]  # type: ignore[arg-type]
+        return [self.sessions.decode(inputs[0], inputs[1])]  # type: ignore[arg-type]
 
     async def _call(
         self, component: str, inputs: list[np.ndarray | None]
@@ -88,7 +88,7 @@ class ModelExecutor:
         outputs = await run_model(self._runs[component], inputs, self.offload)
         rows = len(inputs[0])  # type: ignore[arg-type]
         self.metrics.observe_batch(
-            self.runtime.metadata.name, component, rows, time.perf_counter() - start, [0.0]
+            self.sessions.metadata.name, component, rows, time.perf_counter() - start, [0.0]
         )
         return outputs
 

@@ -8,7 +8,7 @@ import contextlib
 import logging
 from collections.abc import Callable
 
-from server.model_store import ModelStore, ReloadResult
+from server.inference.store import ModelStore, ReloadResult
 
 log = logging.getLogger(__name__)
 

@@ -10,15 +10,15 @@ from typing import TypeVar
 import grpc
 import numpy as np
 
-from server.calls import CallRunner
 from server.codecs import images_to_png, set_tensor, set_uint8_tensor, tensor_from_proto
+from server.dataplane.plane import DataPlane, Generated
 from server.errors import InvalidArgument
-from server.executor import ModelExecutor
+from server.fronts.calls import CallRunner
+from server.inference.served_model import ServedModel
+from server.inference.store import ModelStore
 from server.metrics import Metrics
-from server.model_store import ModelStore
 from server.proto_gen.vae.v1 import vae_pb2, vae_pb2_grpc
 from server.repository import PRIOR_MIXTURE, PRIOR_STANDARD_NORMAL
-from server.service import DataPlane, Generated
 
 Response = TypeVar("Response")
 ImageResponse = TypeVar(
@@ -59,12 +59,12 @@ def _prior(value: int) -> str:
     return _PRIORS[value]
 
 
-def model_ref(runtime: ModelExecutor) -> vae_pb2.ModelRef:
-    return vae_pb2.ModelRef(name=runtime.metadata.name, version=runtime.metadata.version)
+def model_ref(model: ServedModel) -> vae_pb2.ModelRef:
+    return vae_pb2.ModelRef(name=model.metadata.name, version=model.metadata.version)
 
 
-def model_info(runtime: ModelExecutor, versions: list[int]) -> vae_pb2.ModelInfo:
-    meta = runtime.metadata
+def model_info(model: ServedModel, versions: list[int]) -> vae_pb2.ModelInfo:
+    meta = model.metadata
     return vae_pb2.ModelInfo(
         name=meta.name,
         version=meta.version,
@@ -76,7 +76,7 @@ def model_info(runtime: ModelExecutor, versions: list[int]) -> vae_pb2.ModelInfo
         likelihood=meta.likelihood,
         dataset=meta.dataset,
         metrics=meta.metrics,
-        execution_provider=runtime.provider,
+        execution_provider=model.provider,
         checkpoint_sha256=meta.checkpoint_sha256,
         exported_at=meta.exported_at,
         opset=meta.opset,
@@ -87,8 +87,8 @@ def model_info(runtime: ModelExecutor, versions: list[int]) -> vae_pb2.ModelInfo
 def fill_images(response: ImageResponse, generated: Generated, image_format: int) -> ImageResponse:
     """Set `model`, and `images` and/or `png` as the format asks, on any of the image responses;
     the RPC has checked `image_format` before any work."""
-    response.model.name = generated.runtime.metadata.name
-    response.model.version = generated.runtime.metadata.version
+    response.model.name = generated.model.metadata.name
+    response.model.version = generated.model.metadata.version
     if image_format in _FLOAT_FORMATS:
         set_tensor(response.images, generated.images)
     elif image_format == vae_pb2.IMAGE_FORMAT_UINT8:
@@ -119,7 +119,7 @@ class VaeServicer(vae_pb2_grpc.VaeServiceServicer):
         rpc: str,
         context: grpc.aio.ServicerContext,
         ref: vae_pb2.ModelRef | None,
-        work: Callable[[ModelExecutor | None], Awaitable[Response]],
+        work: Callable[[ServedModel | None], Awaitable[Response]],
     ) -> Response:
         """One RPC: request id, model lookup, metrics, and errors to status codes."""
         resolve = None if ref is None else functools.partial(self.store.get, ref.name, ref.version)
@@ -129,14 +129,14 @@ class VaeServicer(vae_pb2_grpc.VaeServiceServicer):
         return tensor_from_proto(tensor, what, self._max_elements, allow_uint8)
 
     async def Encode(self, request: vae_pb2.EncodeRequest, context: grpc.aio.ServicerContext):
-        async def work(runtime: ModelExecutor | None) -> vae_pb2.EncodeResponse:
-            assert runtime is not None
+        async def work(model: ServedModel | None) -> vae_pb2.EncodeResponse:
+            assert model is not None
             images = self._tensor(request.images, "images", allow_uint8=True)
             seed = request.seed if request.HasField("seed") else None
             result = await self.plane.encode(
-                runtime, images, request.labels, request.sample, seed, clamp=request.clamp
+                model, images, request.labels, request.sample, seed, clamp=request.clamp
             )
-            response = vae_pb2.EncodeResponse(model=model_ref(runtime))
+            response = vae_pb2.EncodeResponse(model=model_ref(model))
             set_tensor(response.mean, result.mean)
             if result.log_variance is not None:
                 set_tensor(response.log_variance, result.log_variance)
@@ -147,21 +147,21 @@ class VaeServicer(vae_pb2_grpc.VaeServiceServicer):
         return await self._run("Encode", context, request.model, work)
 
     async def Decode(self, request: vae_pb2.DecodeRequest, context: grpc.aio.ServicerContext):
-        async def work(runtime: ModelExecutor | None) -> vae_pb2.DecodeResponse:
-            assert runtime is not None
+        async def work(model: ServedModel | None) -> vae_pb2.DecodeResponse:
+            assert model is not None
             _check_enum(request.format, vae_pb2.ImageFormat, "format")
             latents = self._tensor(request.latents, "latents")
-            result = await self.plane.decode(runtime, latents, request.labels)
+            result = await self.plane.decode(model, latents, request.labels)
             return fill_images(vae_pb2.DecodeResponse(), result, request.format)
 
         return await self._run("Decode", context, request.model, work)
 
     async def Sample(self, request: vae_pb2.SampleRequest, context: grpc.aio.ServicerContext):
-        async def work(runtime: ModelExecutor | None) -> vae_pb2.SampleResponse:
-            assert runtime is not None
+        async def work(model: ServedModel | None) -> vae_pb2.SampleResponse:
+            assert model is not None
             _check_enum(request.format, vae_pb2.ImageFormat, "format")
             result = await self.plane.sample(
-                runtime,
+                model,
                 request.count,
                 seed=request.seed if request.HasField("seed") else None,
                 temperature=request.temperature,
@@ -181,11 +181,11 @@ class VaeServicer(vae_pb2_grpc.VaeServiceServicer):
         waits while the client is slow to read, so memory stays at a chunk or two); the call counts
         as one request from the first chunk to the last."""
 
-        async def work(runtime: ModelExecutor | None) -> None:
-            assert runtime is not None
+        async def work(model: ServedModel | None) -> None:
+            assert model is not None
             _check_enum(request.format, vae_pb2.ImageFormat, "format")
             stream = self.plane.sample_stream(
-                runtime,
+                model,
                 request.count,
                 chunk_size=request.chunk_size,
                 seed=request.seed if request.HasField("seed") else None,
@@ -205,8 +205,8 @@ class VaeServicer(vae_pb2_grpc.VaeServiceServicer):
     async def Interpolate(
         self, request: vae_pb2.InterpolateRequest, context: grpc.aio.ServicerContext
     ):
-        async def work(runtime: ModelExecutor | None) -> vae_pb2.InterpolateResponse:
-            assert runtime is not None
+        async def work(model: ServedModel | None) -> vae_pb2.InterpolateResponse:
+            assert model is not None
             _check_enum(request.method, vae_pb2.InterpolationMethod, "method")
             _check_enum(request.format, vae_pb2.ImageFormat, "format")
             ends: dict[str, np.ndarray] = {}
@@ -218,7 +218,7 @@ class VaeServicer(vae_pb2_grpc.VaeServiceServicer):
                 ends["start_latent"] = self._tensor(request.latents.start, "latents.start")
                 ends["end_latent"] = self._tensor(request.latents.end, "latents.end")
             result = await self.plane.interpolate(
-                runtime,
+                model,
                 request.steps,
                 spherical=request.method == vae_pb2.INTERPOLATION_METHOD_SPHERICAL,
                 label=request.label if request.HasField("label") else None,
@@ -234,19 +234,19 @@ class VaeServicer(vae_pb2_grpc.VaeServiceServicer):
     async def GetModelInfo(
         self, request: vae_pb2.GetModelInfoRequest, context: grpc.aio.ServicerContext
     ):
-        async def work(runtime: ModelExecutor | None) -> vae_pb2.ModelInfo:
-            assert runtime is not None
-            return model_info(runtime, self.store.versions(runtime.metadata.name))
+        async def work(model: ServedModel | None) -> vae_pb2.ModelInfo:
+            assert model is not None
+            return model_info(model, self.store.versions(model.metadata.name))
 
         return await self._run("GetModelInfo", context, request.model, work)
 
     async def ListModels(
         self, request: vae_pb2.ListModelsRequest, context: grpc.aio.ServicerContext
     ):
-        async def work(runtime: ModelExecutor | None) -> vae_pb2.ListModelsResponse:
+        async def work(model: ServedModel | None) -> vae_pb2.ListModelsResponse:
             models = [
-                model_info(rt, self.store.versions(rt.metadata.name))
-                for rt in self.store.all_latest()
+                model_info(served, self.store.versions(served.metadata.name))
+                for served in self.store.all_latest()
             ]
             return vae_pb2.ListModelsResponse(models=models)
 

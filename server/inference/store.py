@@ -8,20 +8,20 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from server.batching import BatchingConfig
 from server.errors import InvalidArgument, NotFound
-from server.executor import ModelExecutor
+from server.inference.batching import BatchingConfig
+from server.inference.served_model import ServedModel
+from server.inference.sessions import ModelSessions, RuntimeOptions
 from server.metrics import Metrics
 from server.repository import RepositoryError, list_models, list_versions, version_dir
-from server.runtime import ModelRuntime, RuntimeOptions
 
 log = logging.getLogger(__name__)
 
-# Wraps a loaded runtime in what serves it (its batchers); the default serves it unbatched.
-ExecutorFactory = Callable[[ModelRuntime], ModelExecutor]
-# Retires an unloaded version's executor; reload runs in a thread, so a server passes one that hands
+# Wraps a loaded sessions in what serves it (its batchers); the default serves it unbatched.
+ServedModelFactory = Callable[[ModelSessions], ServedModel]
+# Retires an unloaded version's served model; reload runs in a thread, so a server passes one that hands
 # the close to its event loop.
-ExecutorCloser = Callable[[ModelExecutor], None]
+ServedModelCloser = Callable[[ServedModel], None]
 
 
 @dataclass(frozen=True)
@@ -55,40 +55,40 @@ def _fingerprint(path: Path) -> float:
 
 
 class ModelStore:
-    """All served versions, `{name: {version: ModelExecutor}}`, replaced whole under a lock."""
+    """All served versions, `{name: {version: ServedModel}}`, replaced whole under a lock."""
 
     def __init__(
         self,
         repository: Path,
         options: RuntimeOptions | None = None,
-        executor_factory: ExecutorFactory | None = None,
-        close_executor: ExecutorCloser | None = None,
+        served_model_factory: ServedModelFactory | None = None,
+        close_served_model: ServedModelCloser | None = None,
     ) -> None:
         self.repository = repository
         self.options = options or RuntimeOptions()
-        self._factory = executor_factory
-        self._close = close_executor or ModelExecutor.close
-        self._models: dict[str, dict[int, ModelExecutor]] = {}
+        self._factory = served_model_factory
+        self._close = close_served_model or ServedModel.close
+        self._models: dict[str, dict[int, ServedModel]] = {}
         self._lock = threading.Lock()
         self._reload_lock = threading.Lock()  # one scan at a time (poll thread and SIGHUP)
         self._rejected: dict[tuple[str, int], float] = {}  # version -> fingerprint when it failed
         self.failures: list[LoadFailure] = []
 
-    def _load(self, name: str, version: int, warm_up: bool) -> ModelExecutor:
-        runtime = ModelRuntime(version_dir(self.repository, name, version), self.options)
-        seconds = runtime.warm_up() if warm_up else 0.0
+    def _load(self, name: str, version: int, warm_up: bool) -> ServedModel:
+        sessions = ModelSessions(version_dir(self.repository, name, version), self.options)
+        seconds = sessions.warm_up() if warm_up else 0.0
         log.info(
             "loaded %s/%s (%s, latent %d) on %s, warm-up %.3fs",
             name,
             version,
-            runtime.metadata.kind,
-            runtime.metadata.latent_dim,
-            runtime.provider,
+            sessions.metadata.kind,
+            sessions.metadata.latent_dim,
+            sessions.provider,
             seconds,
         )
         if self._factory is None:
-            return ModelExecutor(runtime, BatchingConfig(enabled=False), Metrics())
-        return self._factory(runtime)
+            return ServedModel(sessions, BatchingConfig(enabled=False), Metrics())
+        return self._factory(sessions)
 
     def load_all(self, warm_up: bool = True) -> None:
         """Load (and warm) every version; broken versions are logged and recorded, not fatal."""
@@ -115,7 +115,7 @@ class ModelStore:
                     if self._rejected.get((name, version)) == stamp:
                         continue  # already rejected and unchanged since
                     try:
-                        executor = self._load(name, version, warm_up)
+                        served = self._load(name, version, warm_up)
                     except (RepositoryError, OSError, ValueError) as exc:
                         log.error(
                             "skipping %s/%s (the others keep serving): %s", name, version, exc
@@ -124,9 +124,9 @@ class ModelStore:
                         result.failed.append(LoadFailure(name, version, str(exc)))
                         continue
                     self._rejected.pop((name, version), None)
-                    current.setdefault(name, {})[version] = executor
+                    current.setdefault(name, {})[version] = served
                     result.added.append((name, version))
-            gone: list[ModelExecutor] = []
+            gone: list[ServedModel] = []
             for name in list(current):
                 for version in list(current[name]):
                     if (name, version) not in on_disk:
@@ -137,10 +137,10 @@ class ModelStore:
             with self._lock:
                 self._models = current
                 self.failures = [*self.failures, *result.failed]
-            for executor in gone:
-                meta = executor.metadata
+            for served in gone:
+                meta = served.metadata
                 log.info("unloading %s/%s: removed from the repository", meta.name, meta.version)
-                self._close(executor)
+                self._close(served)
             return result
 
     def names(self) -> list[str]:
@@ -151,15 +151,15 @@ class ModelStore:
         with self._lock:
             return sorted(self._models.get(name, {}))
 
-    def all_latest(self) -> list[ModelExecutor]:
+    def all_latest(self) -> list[ServedModel]:
         with self._lock:
             return [versions[max(versions)] for _, versions in sorted(self._models.items())]
 
-    def all(self) -> list[ModelExecutor]:
+    def all(self) -> list[ServedModel]:
         with self._lock:
             return [ex for _, versions in sorted(self._models.items()) for ex in versions.values()]
 
-    def get(self, name: str, version: int = 0) -> ModelExecutor:
+    def get(self, name: str, version: int = 0) -> ServedModel:
         """The named model at `version`, or its highest version when version is 0.
 
         An empty name selects the only model when exactly one is loaded.
@@ -181,9 +181,9 @@ class ModelStore:
             raise InvalidArgument(f"version must be 0 (latest) or positive, got {version}")
         if version == 0:
             return versions[max(versions)]
-        executor = versions.get(version)
-        if executor is None:
+        served = versions.get(version)
+        if served is None:
             raise NotFound(
                 f"model {name!r} has no version {version}; loaded versions are {sorted(versions)}"
             )
-        return executor
+        return served

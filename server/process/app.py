@@ -3,7 +3,7 @@ reflection), metrics, drain.
 
 The process runs one asyncio event loop in a thread of its own ("vae-loop"); the caller's thread
 starts and stops it (`start`, `stop`, `wait`), so tests drive a real server in-process and `vae-serve`
-handles signals in its main thread. With `--processes N`, server/supervisor.py starts N of these, each
+handles signals in its main thread. With `--processes N`, server/process/supervisor.py starts N of these, each
 in its own process, sharing the port.
 """
 
@@ -23,32 +23,36 @@ from grpc_health.v1 import health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
 from prometheus_client import start_http_server
 
-from server import oip, reflection_v1
-from server.calls import CallRunner
-from server.executor import ModelExecutor
-from server.health import (
+from server.dataplane.plane import DataPlane
+from server.fronts.calls import CallRunner
+from server.fronts.grpc import oip, reflection_v1
+from server.fronts.grpc.health import HealthServicer
+from server.fronts.grpc.vae_v1 import VaeServicer
+from server.fronts.readiness import (
+    API_SERVICE,
     DRAINING,
     NOT_SERVING,
     SERVICE_UNKNOWN,
     SERVING,
     UP,
-    HealthServicer,
     ProcessStates,
+    Readiness,
+    model_service,
 )
+from server.fronts.tls import TlsConfigError, server_credentials
+from server.inference.reload import RepositoryWatcher
+from server.inference.served_model import ServedModel
+from server.inference.sessions import ModelSessions, RuntimeOptions
+from server.inference.store import ModelStore, ReloadResult
 from server.metrics import Metrics
-from server.model_store import ModelStore, ReloadResult
+from server.process.settings import Settings
 from server.proto_gen.inference import grpc_service_pb2_grpc
 from server.proto_gen.vae.v1 import vae_pb2, vae_pb2_grpc
-from server.reload import RepositoryWatcher
-from server.runtime import ModelRuntime, RuntimeOptions
-from server.service import DataPlane
-from server.servicer import VaeServicer
-from server.settings import Settings
-from server.tls import TlsConfigError, server_credentials
 
 log = logging.getLogger(__name__)
 
 SERVICE_NAME = vae_pb2.DESCRIPTOR.services_by_name["VaeService"].full_name  # "vae.v1.VaeService"
+assert SERVICE_NAME == API_SERVICE, SERVICE_NAME
 HEALTH_SERVICE = "grpc.health.v1.Health"
 GPU_PROVIDERS = ("CUDAExecutionProvider", "TensorrtExecutionProvider")
 # A drain stops the transport once no call has started for this long (calls already in the
@@ -58,11 +62,6 @@ DRAIN_QUIET_SECONDS = 0.25
 
 class StartupError(RuntimeError):
     """The server cannot start as configured; the message says why and how to fix it."""
-
-
-def model_health_name(model: str) -> str:
-    """The grpc.health.v1 service name that reports one model's readiness."""
-    return f"{SERVICE_NAME}/{model}"
 
 
 def grpc_options(settings: Settings, shared_port: bool) -> list[tuple[str, int]]:
@@ -103,20 +102,21 @@ class VaeServer:
                 tensorrt_cache_dir=settings.tensorrt_cache_dir,
                 tensorrt_fp16=settings.tensorrt_fp16,
             ),
-            executor_factory=self._executor,
-            close_executor=self._close_executor,
+            served_model_factory=self._served_model,
+            close_served_model=self._close_served_model,
         )
         self.plane = DataPlane(self.store, settings.limits, self.metrics)
         # One CallRunner for every servicer: the drain refuses and waits for the calls of all of them.
         self.calls = CallRunner(self.metrics)
         self.servicer = VaeServicer(self.store, self.plane, self.metrics, self.calls)
-        self.health = HealthServicer(states)
+        self.readiness = Readiness(states)
+        self.health = HealthServicer(self.readiness)
         self.inference = oip.InferenceServicer(
             self.store,
             self.plane,
             self.calls,
-            server_ready=lambda: self.health.status(SERVICE_NAME) == SERVING,
-            model_ready=lambda name: self.health.status(model_health_name(name)) == SERVING,
+            server_ready=lambda: self.readiness.serving(SERVICE_NAME),
+            model_ready=lambda name: self.readiness.serving(model_service(name)),
         )
         self._grpc: grpc.aio.Server | None = None
         self._health_grpc: grpc.aio.Server | None = None
@@ -138,11 +138,11 @@ class VaeServer:
 
     # --- models ---------------------------------------------------------------------------------
 
-    def _offload_for(self, runtime: ModelRuntime) -> concurrent.futures.Executor | None:
+    def _offload_for(self, sessions: ModelSessions) -> concurrent.futures.Executor | None:
         """Where this model's calls run: on the loop (CPU: cheaper than a thread hand-off for calls
         of a fraction of a millisecond) or in a thread (GPU: the loop serves while the device works)."""
         mode = self.settings.inference_executor
-        if mode == "loop" or (mode == "auto" and runtime.provider not in GPU_PROVIDERS):
+        if mode == "loop" or (mode == "auto" and sessions.provider not in GPU_PROVIDERS):
             return None
         if self._offload is None:
             self._offload = concurrent.futures.ThreadPoolExecutor(
@@ -150,28 +150,28 @@ class VaeServer:
             )
         return self._offload
 
-    def _executor(self, runtime: ModelRuntime) -> ModelExecutor:
-        config = self.settings.batching_for(runtime.metadata.name)
-        return ModelExecutor(runtime, config, self.metrics, self._offload_for(runtime))
+    def _served_model(self, sessions: ModelSessions) -> ServedModel:
+        config = self.settings.batching_for(sessions.metadata.name)
+        return ServedModel(sessions, config, self.metrics, self._offload_for(sessions))
 
-    def _close_executor(self, executor: ModelExecutor) -> None:
+    def _close_served_model(self, model: ServedModel) -> None:
         """An unloaded version's batchers close on the loop (reload runs in a thread)."""
         loop = self._loop
         if loop is not None and loop.is_running():
-            loop.call_soon_threadsafe(executor.close)
+            loop.call_soon_threadsafe(model.close)
         else:
-            executor.close()
+            model.close()
 
-    def _require_gpu(self, runtimes: list[ModelExecutor]) -> None:
+    def _require_gpu(self, models: list[ServedModel]) -> None:
         on_cpu = [
-            f"{rt.metadata.name}/{rt.metadata.version}"
-            for rt in runtimes
-            if rt.provider not in GPU_PROVIDERS
+            f"{served.metadata.name}/{served.metadata.version}"
+            for served in models
+            if served.provider not in GPU_PROVIDERS
         ]
         if on_cpu:
             raise StartupError(
                 f"--require-gpu is set but {', '.join(on_cpu)} run on "
-                f"{runtimes[0].provider}: CUDA did not load (is onnxruntime-gpu installed, a GPU "
+                f"{models[0].provider}: CUDA did not load (is onnxruntime-gpu installed, a GPU "
                 "visible and the CUDA/cuDNN libraries on the library path?); drop --require-gpu "
                 "to serve on CPU"
             )
@@ -183,27 +183,27 @@ class VaeServer:
             raise StartupError(str(exc)) from exc
         for failure in self.store.failures:
             self.metrics.load_failures.labels(failure.name).inc()
-        runtimes = self.store.all()
-        if not runtimes:
+        models = self.store.all()
+        if not models:
             raise StartupError(
                 f"no loadable model in repository {self.settings.repository}; export one with "
                 "`vae-export <checkpoint> --repository <dir>` and check the log for skipped versions"
             )
         if self.settings.require_gpu:
-            self._require_gpu(runtimes)
+            self._require_gpu(models)
 
     async def _publish_models(self) -> None:
         """Loaded-model gauge and per-model health from what the store serves now."""
-        runtimes = self.store.all()
+        models = self.store.all()
         self.metrics.set_loaded_models(
-            [(rt.metadata.name, rt.metadata.version, rt.provider) for rt in runtimes]
+            [(served.metadata.name, served.metadata.version, served.provider) for served in models]
         )
         if self.calls.draining or self._grpc is None:
             return
         serving = set(self.store.names())
-        await self.health.set_many([model_health_name(n) for n in serving], SERVING)
-        gone = [model_health_name(n) for n in self._health_models - serving]
-        await self.health.set_many(gone, SERVICE_UNKNOWN)
+        await self.readiness.set_many([model_service(n) for n in serving], SERVING)
+        gone = [model_service(n) for n in self._health_models - serving]
+        await self.readiness.set_many(gone, SERVICE_UNKNOWN)
         self._health_models = serving
 
     def _after_reload(self, result: ReloadResult | None) -> None:
@@ -326,7 +326,7 @@ class VaeServer:
             self.health_port = self._bind(self._health_grpc, address, secure=False)
             await self._health_grpc.start()
         await self._grpc.start()
-        await self.health.set_many(("", SERVICE_NAME), SERVING)
+        await self.readiness.set_many(("", SERVICE_NAME), SERVING)
         await self._publish_models()
         self.watcher.start()
         return port
@@ -374,8 +374,8 @@ class VaeServer:
     async def _drain(self, grace: float) -> None:
         if self.states is not None:
             self.states.set(DRAINING)  # every process now reports NOT_SERVING for this one
-        await self.health.set_many(
-            ("", SERVICE_NAME, *(model_health_name(n) for n in self._health_models)), NOT_SERVING
+        await self.readiness.set_many(
+            ("", SERVICE_NAME, *(model_service(n) for n in self._health_models)), NOT_SERVING
         )
         delay = self.settings.drain_delay_seconds
         if delay > 0:
@@ -402,8 +402,8 @@ class VaeServer:
         for server in (self._grpc, self._health_grpc):
             if server is not None:
                 await server.stop(remaining)
-        for executor in self.store.all():
-            executor.close()
+        for model in self.store.all():
+            model.close()
         if self._done is not None:
             self._done.set()
 

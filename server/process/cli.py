@@ -27,17 +27,19 @@ def onnxruntime_missing() -> bool:
 
 
 def main(argv: list[str] | None = None) -> int:
-    if onnxruntime_missing():  # before server.settings, which imports it through server.runtime
+    if (
+        onnxruntime_missing()
+    ):  # before server.process.settings, which imports it through server.inference.sessions
         print(missing_onnxruntime_message("vae-serve"), file=sys.stderr)
         return 2
     from server.logging_setup import configure_logging
-    from server.settings import parse_settings
+    from server.process.settings import parse_settings
 
     settings = parse_settings(argv)  # exits 2 with one line on a mistake
     configure_logging(settings.log_level, settings.log_format)
     log = logging.getLogger("vae-serve")
     if settings.process_count() > 1:
-        from server.supervisor import Supervisor, SupervisorError
+        from server.process.supervisor import Supervisor, SupervisorError
 
         supervisor = Supervisor(settings, settings.log_level, settings.log_format)
         supervisor.install_signal_handlers()
@@ -49,7 +51,7 @@ def main(argv: list[str] | None = None) -> int:
         print(f"vae-serve: listening on {settings.host}:{port}", flush=True)
         return supervisor.run()
 
-    from server.app import StartupError, VaeServer
+    from server.process.app import StartupError, VaeServer
 
     server = VaeServer(settings)
     try:
