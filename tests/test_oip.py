@@ -523,9 +523,7 @@ def test_metadata_calls_are_counted_under_their_own_rpc(client, live_server):
 
 def test_calls_while_draining_get_unavailable_like_vae_v1(repository):
     with running_server(settings(repository)) as server:
-        server.calls.draining = (
-            True  # what the drain sets once --drain-delay-seconds has passed
-        )
+        server.calls.draining = True  # what the drain sets once --drain-delay-seconds has passed
         with tc.InferenceServerClient(f"127.0.0.1:{server.port}") as client:
             status, text = refused(lambda: infer(client, "tiny-vae-decoder", latent=latents(1)))
         server.calls.draining = False
