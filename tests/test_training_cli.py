@@ -6,14 +6,14 @@ from pathlib import Path
 
 import pytest
 
-from training.cli import ConfigError, build_parser, config_from_args
+from training.cli import ConfigError, build_parser, parse_config
 from training.models import build_model
 
 CONFIGS = sorted((Path(__file__).resolve().parent.parent / "configs").glob("*.yaml"))
 
 
 def parse(*argv: str):
-    return config_from_args(build_parser().parse_args(list(argv)))
+    return parse_config(list(argv))
 
 
 @pytest.mark.parametrize("path", CONFIGS, ids=[p.stem for p in CONFIGS])
@@ -90,3 +90,35 @@ def test_yaml_boolean_must_be_a_boolean_word(tmp_path: Path) -> None:
     path.write_text("amp: ture\n")
     with pytest.raises(ConfigError, match="field 'amp' = 'ture': expected a boolean"):
         parse("--config", str(path))
+
+
+def test_a_flag_set_to_the_default_still_overrides_yaml(tmp_path: Path) -> None:
+    path = tmp_path / "short.yaml"
+    path.write_text("epochs: 3\nmodel:\n  latent_dim: 4\n")
+    config = parse("--config", str(path), "--epochs", "10")
+    assert (config.epochs, config.model.latent_dim) == (10, 4)
+
+
+def test_the_config_file_may_come_from_its_variable(monkeypatch, tmp_path: Path) -> None:
+    path = tmp_path / "short.yaml"
+    path.write_text("epochs: 3\n")
+    monkeypatch.setenv("VAE_CONFIG", str(path))
+    assert parse().epochs == 3
+
+
+def test_yaml_lists_and_booleans_convert_like_flags(tmp_path: Path) -> None:
+    path = tmp_path / "c.yaml"
+    path.write_text("amp: yes\nprior_candidates: [1, 2]\nmodel:\n  hidden_dims: [16, 8]\n")
+    config = parse("--config", str(path))
+    assert (config.amp, config.prior_candidates, config.model.hidden_dims) == (
+        True,
+        (1, 2),
+        (16, 8),
+    )
+
+
+def test_help_says_what_each_field_is_from_the_code(capsys) -> None:
+    with pytest.raises(SystemExit):
+        build_parser().parse_args(["--help"])
+    out = " ".join(capsys.readouterr().out.split())
+    assert "weight of the KL term; 1 is the ELBO" in out and "[VAE_BETA]" in out
