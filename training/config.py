@@ -39,7 +39,9 @@ class TrainConfig:
     amp: bool = False  # mixed precision: float16 with loss scaling on CUDA, bfloat16 on CPU
     compile: bool = False  # torch.compile the training forward pass
     grad_clip: float = 0.0  # clip the gradient's global norm to this (0: off)
-    num_workers: int = 2  # DataLoader workers for image folders (tensor data needs none)
+    # DataLoader workers for image folders (tensor data sets need none); -1: one per core this
+    # process may run on, at most 4, so a small machine is not asked for more than it has.
+    num_workers: int = -1
     progress: bool = True  # a progress bar with the running loss (drawn on a terminal only)
     tensorboard: bool = True  # scalars under <run_dir>/tensorboard
     figures: bool = True  # pictures in the run directory after training
