@@ -186,7 +186,8 @@ def _train(argv: list[str]) -> int:
 
 def summary_lines(summary: dict[str, Any], run_dir: Path) -> str:
     """The few lines vae-train ends with; the whole summary is in <run_dir>/metrics.json."""
-    lines = [f"done: {summary.get('epochs', 0)} epochs, {summary.get('steps', 0)} steps"]
+    epochs, steps = summary.get("epochs", 0), summary.get("steps", 0)
+    lines = [f"done: {epochs} epoch{'s' * (epochs != 1)}, {steps} optimiser steps"]
     if "test_elbo" in summary:
         lines.append(
             f"test ELBO {summary['test_elbo']:.2f} nats per image (reconstruction "
@@ -196,11 +197,6 @@ def summary_lines(summary: dict[str, Any], run_dir: Path) -> str:
                 if "test_iwae_nll" in summary
                 else ""
             )
-        )
-    if summary.get("prior"):
-        lines.append(
-            f"mixture prior: {summary['prior']['components']} components -> "
-            f"{run_dir / 'best.prior.npz'}"
         )
     lines.append(
         f"checkpoints: {run_dir / 'best.pt'} (best validation ELBO), {run_dir / 'last.pt'}"
