@@ -6,6 +6,7 @@ import contextlib
 import io
 import os
 import pickle
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -195,8 +196,12 @@ def test_server_loads_nothing_from_a_crashed_export(crashed_repository):
     assert (store.names(), store.failures) == ([], [])
 
 
-def test_export_after_a_crash_takes_version_1(crashed_repository, trained_runs, mnist_dir):
-    result = export_checkpoint(trained_runs.vae / "best.pt", crashed_repository, data_dir=mnist_dir)
+def test_export_after_a_crash_takes_version_1(
+    crashed_repository, trained_runs, mnist_dir, tmp_path
+):
+    repository = tmp_path / "repo"  # a copy: the other tests look at the crash as it was left
+    shutil.copytree(crashed_repository, repository)
+    result = export_checkpoint(trained_runs.vae / "best.pt", repository, data_dir=mnist_dir)
     assert (result.status, result.version) == ("exported", 1)
 
 
