@@ -14,6 +14,7 @@ import torch
 from export.onnx_export import OPSET, convert_to_fp16, export_graphs
 from export.parity import DEFAULT_TOLERANCE, check_parity
 from export.writer import existing_sha256, write_version
+from server.preprocessing import Preprocessing
 from server.repository import (
     PRECISIONS,
     GaussianMixture,
@@ -24,6 +25,7 @@ from server.repository import (
 )
 from training.checkpoint import CheckpointError, load_checkpoint, model_from_checkpoint, sha256_file
 from training.data import DatasetNotFound, load_idx_split
+from training.images import preprocessing_of
 from training.prior import load_mixture, prior_path
 
 QUALITY_PREFIXES = ("fd_", "precision_", "recall_", "classifier_test_accuracy")
@@ -162,6 +164,7 @@ def export_checkpoint(
         images, labels, source = parity_batch(document, data_dir, batch)
         labels = labels if model.config.num_classes else None
         config = model.config
+        dataset = str(document.get("dataset", ""))
         report = {}
         mixture, mixture_summary, note = run_mixture(checkpoint, digest, config.latent_dim)
         quality = quality_metrics(checkpoint, digest)
@@ -198,7 +201,7 @@ def export_checkpoint(
                 num_classes=config.num_classes,
                 opset=OPSET,
                 tensors=names,  # cvae graphs take a label; ae encoders have no log_variance
-                dataset=str(document.get("dataset", "")),
+                dataset=dataset,
                 metrics={**metrics, "epoch": float(document.get("epoch", 0)), **quality},
                 parity={**report, "tolerance": tolerance},
                 parity_inputs=source,
@@ -207,6 +210,7 @@ def export_checkpoint(
                 exported_at=datetime.now(UTC).isoformat(timespec="seconds"),
                 model_config=config.to_dict(),
                 mixture=described,
+                preprocessing=Preprocessing.from_dict(preprocessing_of(dataset)),
             )
 
         version, _ = write_version(repository, model_name, build)

@@ -18,6 +18,8 @@ from typing import Any
 
 import numpy as np
 
+from server.preprocessing import Preprocessing
+
 ENCODER_FILE = "encoder.onnx"
 DECODER_FILE = "decoder.onnx"
 METADATA_FILE = "model.json"
@@ -90,6 +92,9 @@ class ModelMetadata:
     # The learned prior in prior.npz, described: components, covariance_type, sha256 (of the file),
     # fit_images, heldout_log_likelihood; empty when the version has none.
     mixture: dict[str, Any] = field(default_factory=dict)
+    # How an image file becomes the encoder's input, as training prepared its images (centre crop,
+    # resize filter); absent in older files, which means resize straight to (H, W).
+    preprocessing: Preprocessing = field(default_factory=Preprocessing)
     format_version: int = FORMAT_VERSION
 
     @property
@@ -130,6 +135,7 @@ class ModelMetadata:
                 exported_at=str(data.get("exported_at", "")),
                 model_config=dict(data.get("model_config", {})),
                 mixture=dict(data.get("mixture", {})),
+                preprocessing=Preprocessing.from_dict(data.get("preprocessing"), "preprocessing"),
                 format_version=int(data.get("format_version", FORMAT_VERSION)),
             )
         except (KeyError, TypeError, ValueError) as exc:

@@ -19,6 +19,7 @@ import pytest
 import yaml
 
 from server.process.settings import Settings, build_parser, parse_settings, settings_from_args
+from tests.system_tools import require_tool
 
 ROOT = Path(__file__).resolve().parent.parent
 OVERLAYS = ("overlays/cpu", "overlays/gpu")
@@ -40,7 +41,14 @@ validator = _load_validator()
 
 @pytest.fixture(scope="module")
 def rendered() -> dict[str, list[dict[str, Any]]]:
+    require_tool("kubectl", "kustomize")
     return {name: validator.render(name) for name in validator.KUSTOMIZATIONS}
+
+
+@pytest.fixture
+def promtool() -> str:
+    """Schema validation of a PrometheusRule runs `promtool check rules`."""
+    return require_tool("promtool")
 
 
 def one(objects: list[dict[str, Any]], kind: str, name: str | None = None) -> dict[str, Any]:
@@ -108,7 +116,7 @@ def container_port(container: dict[str, Any], name: str) -> int:
 
 
 @pytest.mark.parametrize("kustomization", validator.KUSTOMIZATIONS)
-def test_rendered_objects_are_valid_against_their_schemas(rendered, kustomization):
+def test_rendered_objects_are_valid_against_their_schemas(rendered, promtool, kustomization):
     errors = [e for obj in rendered[kustomization] for e in validator.validate_object(obj)]
     assert errors == []
 

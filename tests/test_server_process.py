@@ -102,8 +102,8 @@ def test_corrupt_model_is_skipped_and_the_rest_serve(tmp_path, repository):
     meta = (repo / "broken" / "1" / "model.json").read_text().replace('"tiny-ae"', '"broken"')
     (repo / "broken" / "1" / "model.json").write_text(meta)
     _, output = serve_then_sigterm(repo)
-    assert "skipping broken/1" in output and "cannot load this graph" in output
-    assert "serving tiny-vae" in output
+    assert "skipping broken/1" in output and "cannot load this graph" in output, output
+    assert "serving tiny-vae" in output, output
 
 
 def test_server_package_imports_without_torch():

@@ -4,6 +4,7 @@ sharded across data-parallel ranks."""
 
 from __future__ import annotations
 
+import os
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -12,9 +13,9 @@ import torch
 from torch.utils.data import DataLoader, DistributedSampler
 
 from training.data import DATASETS, TensorDataset, train_val_test
-from training.images import ImageFiles, celeba_splits
+from training.images import IMAGE_DATASETS, ImageFiles, celeba_splits
 
-IMAGE_DATASETS = ("celeba",)
+MAX_AUTO_WORKERS = 4  # image decoding and a 148 -> 64 resize: a few workers keep a GPU fed
 ALL_DATASETS = (*sorted(DATASETS), *IMAGE_DATASETS)
 Batch = tuple[torch.Tensor, torch.Tensor]  # images (B, C, H, W) float32, labels (B,) int64
 
@@ -48,6 +49,16 @@ class TensorBatches:
         for start in range(0, len(mine), self.batch_size):
             index = mine[start : start + self.batch_size]
             yield self.data.images[index], self.data.labels[index]
+
+
+def loader_workers(requested: int) -> int:
+    """DataLoader workers: `requested`, or for -1 one per core this process may run on, at most
+    MAX_AUTO_WORKERS (more workers than cores only contend, and torch warns about it)."""
+    if requested < -1:
+        raise ValueError(f"num_workers {requested}: use -1 (one per core) or a count of 0 or more")
+    if requested >= 0:
+        return requested
+    return min(MAX_AUTO_WORKERS, len(os.sched_getaffinity(0)))
 
 
 class LoaderBatches:
@@ -98,7 +109,7 @@ def load_data(config, device: torch.device, rank: int = 0, world_size: int = 1) 
         train_files = splits.train
         if config.train_subset:
             train_files = ImageFiles(train_files.files[: config.train_subset])
-        workers = config.num_workers
+        workers = loader_workers(config.num_workers)
 
         def loader(files: ImageFiles, shuffle: bool, world: int = 1, rank_: int = 0):
             size = config.batch_size if shuffle else config.eval_batch_size

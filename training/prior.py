@@ -11,7 +11,8 @@ from __future__ import annotations
 
 import json
 import time
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Iterator, Sequence
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -20,6 +21,7 @@ import numpy as np
 import torch
 
 from training.checkpoint import load_checkpoint, model_from_checkpoint, sha256_file
+from training.config import TrainConfig
 from training.models import GenerativeModel
 
 COVARIANCE_TYPES = ("full", "diag")
@@ -30,6 +32,24 @@ Batch = tuple[torch.Tensor, torch.Tensor]
 def prior_path(checkpoint: Path) -> Path:
     """Where the mixture of `checkpoint` lives: runs/x/best.pt -> runs/x/best.prior.npz."""
     return checkpoint.with_suffix(".prior.npz")
+
+
+@contextmanager
+def one_thread() -> Iterator[None]:
+    """torch, BLAS and OpenMP on one thread each, restored afterwards. How a sum is split between
+    threads changes its last bits, and the mixture (k-means initialisation, then EM) carries them
+    on; on one thread the fit gives the same arrays whatever the process set before (training's
+    --threads, another command's, the machine's core count), so `vae-train prior` refits exactly
+    what training wrote."""
+    from threadpoolctl import threadpool_limits  # scikit-learn's own dependency
+
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        with threadpool_limits(limits=1):
+            yield
+    finally:
+        torch.set_num_threads(before)
 
 
 @torch.no_grad()
@@ -161,7 +181,7 @@ def sample_mixture(
 ) -> np.ndarray:
     """`count` draws (count, D) float32 of means[k] + temperature * scale_tril[k] @ eps, k ~ weights.
 
-    The same distribution the server draws from (server/latent.py), from another random stream.
+    The same distribution the server draws from (server/dataplane/latent_space.py), from another random stream.
     """
     rng = np.random.default_rng(seed)
     weights = arrays["weights"] / arrays["weights"].sum()
@@ -198,19 +218,41 @@ def fit_checkpoint_prior(
     """
     model = model_from_checkpoint(load_checkpoint(checkpoint)).to(device)
     train, heldout = _fit_batches(data)
-    codes = posterior_means(model, train)
     if heldout is None and len(components) > 1:
         raise ValueError(
             "choosing the number of components needs held-out codes, and the run has no "
             "validation split (val_size 0); give one component count"
         )
-    heldout_codes = codes if heldout is None else posterior_means(model, heldout)
-    mixture = fit_mixture(codes, heldout_codes, components, covariance_type, seed)
+    with one_thread():
+        codes = posterior_means(model, train)
+        heldout_codes = codes if heldout is None else posterior_means(model, heldout)
+        mixture = fit_mixture(codes, heldout_codes, components, covariance_type, seed)
     if heldout is None:  # scored on its own training codes: not a held-out figure
         mixture.heldout_images, mixture.heldout_log_likelihood = 0, None
     path = prior_path(checkpoint)
     save_mixture(path, mixture, sha256_file(checkpoint))
     return path, mixture
+
+
+def fit_training_prior(config: TrainConfig, model: GenerativeModel, data, run_dir: Path) -> dict:
+    """After training (called by training/train.py): the mixture prior of `<run_dir>/best.pt` with
+    the run's component count(s), its summary recorded under `prior` in metrics.json; {} when the
+    run asked for none (prior_components 0 and no candidates)."""
+    if config.prior_components <= 0 and not config.prior_candidates:
+        return {}
+    components = config.prior_candidates or (config.prior_components,)
+    device = next(model.parameters()).device
+    path, mixture = fit_checkpoint_prior(
+        run_dir / "best.pt", data, components, seed=config.seed, device=device
+    )
+    block = {"checkpoint": "best.pt", **mixture.summary()}
+    update_metrics(run_dir, "prior", block)
+    print(
+        f"mixture prior: {mixture.components} components on {mixture.fit_images} training "
+        f"codes -> {path}",
+        flush=True,
+    )
+    return block
 
 
 def fit_run_prior(
@@ -224,7 +266,6 @@ def fit_run_prior(
     """`vae-train prior`: fit the mixture of `<run_dir>/<which>.pt` on the run's own data splits and
     record its summary in the run's metrics.json."""
     from training.batching import load_data
-    from training.train import TrainConfig
 
     checkpoint = run_dir / f"{which}.pt"
     document = load_checkpoint(checkpoint)

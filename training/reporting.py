@@ -8,7 +8,7 @@ import json
 from pathlib import Path
 from typing import Any
 
-from training import figures, prior
+from training import figures
 from training.evaluation import evaluate, iwae_nll
 
 
@@ -62,18 +62,6 @@ def finish(config, model, data, history, run_dir: Path, step: int, ranks) -> dic
     if config.iwae_samples > 0 and bernoulli_vae:
         nll = iwae_nll(model, data.test.epoch(), config.iwae_samples, config.iwae_images)
         summary.update(test_iwae_nll=nll, iwae_samples=config.iwae_samples)
-    if config.prior_components > 0 or config.prior_candidates:
-        components = config.prior_candidates or (config.prior_components,)
-        device = next(model.parameters()).device
-        path, mixture = prior.fit_checkpoint_prior(
-            run_dir / "best.pt", data, components, seed=config.seed, device=device
-        )
-        summary["prior"] = {"checkpoint": "best.pt", **mixture.summary()}
-        print(
-            f"mixture prior: {mixture.components} components on {mixture.fit_images} training "
-            f"codes -> {path}",
-            flush=True,
-        )
     if config.figures:
         summary["figures"] = figures.save_all(
             model, data.figure_images, data.figure_labels, data.class_names, history, run_dir

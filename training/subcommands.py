@@ -1,89 +1,119 @@
 """`vae-train classifier | prior | quality`: the sample-quality classifier, the mixture prior of a
-finished run, and the run's sample-quality figures. Every option also reads VAE_<OPTION>."""
+finished run, and the run's sample-quality figures. Every option also reads a VAE_* variable, read
+when the command parses (a bad value exits 2 with one line, even before torch is imported)."""
 
 from __future__ import annotations
 
-import argparse
 import json
-import os
 import sys
 from collections.abc import Sequence
 from pathlib import Path
 
+from server import options as opt  # stdlib-only: the one module of server/ training may import
+from server.options import StrictParser
+
+DEFAULT_COMPONENTS = 10  # as training.prior.DEFAULT_COMPONENTS (Ghosh et al. 2020); no torch here
+
 SUBCOMMANDS = ("classifier", "prior", "quality")
+WHICH = ("best", "last")
 
 
-def _env(name: str, default: str | None = None) -> str | None:
-    return os.environ.get("VAE_" + name.upper(), default)
-
-
-def _common(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument(
+def _common(parser: StrictParser) -> None:
+    parser.option(
         "--data-dir",
-        type=Path,
-        default=Path(_env("data_dir")) if _env("data_dir") else None,
-        help="folder of the data set's IDX files (default: the run's own, then the usual lookup) "
-        "[VAE_DATA_DIR]",
+        opt.optional(opt.path),
+        None,
+        "folder of the data set's IDX files",
+        env="VAE_DATA_DIR",
+        shown_default="the run's own, then the usual lookup",
     )
-    parser.add_argument(
-        "--threads",
-        type=int,
-        default=int(_env("threads", "0") or 0),
-        help="torch CPU threads (0: torch's default) [VAE_THREADS]",
+    parser.option(
+        "--threads", opt.integer(0), 0, "torch CPU threads (0: torch's default)", env="VAE_THREADS"
     )
 
 
-def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="vae-train", description=__doc__)
-    commands = parser.add_subparsers(dest="command", required=True)
+def build_parser() -> StrictParser:
+    """The three commands' options; every variable is read when a command parses, never here."""
+    parser = StrictParser(prog="vae-train", description=__doc__)
+    commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
     classifier = commands.add_parser(
         "classifier", help="train the feature classifier that sample quality is measured with"
     )
-    classifier.add_argument("--dataset", default=_env("dataset", "fashion-mnist"))
-    classifier.add_argument(
-        "--output", type=Path, default=None, help="default: runs/classifiers/<dataset>.pt"
+    classifier.option(
+        "--dataset", opt.nonempty, "fashion-mnist", "data set to classify", env="VAE_DATASET"
     )
-    classifier.add_argument("--epochs", type=int, default=2, help="2 reach ~90%% on Fashion-MNIST")
-    classifier.add_argument("--batch-size", type=int, default=128)
-    classifier.add_argument("--seed", type=int, default=0)
-    classifier.add_argument("--max-steps", type=int, default=0, help="stop early (tests)")
-    classifier.add_argument("--train-subset", type=int, default=0, help="first N rows only")
+    classifier.option(
+        "--output",
+        opt.optional(opt.path),
+        None,
+        "where the classifier goes",
+        env="VAE_CLASSIFIER_OUTPUT",
+        shown_default="runs/classifiers/<dataset>.pt",
+    )
+    classifier.option(
+        "--epochs", opt.integer(1), 2, "2 reach ~90% on Fashion-MNIST", env="VAE_CLASSIFIER_EPOCHS"
+    )
+    classifier.option(
+        "--batch-size", opt.integer(1), 128, "images per step", env="VAE_CLASSIFIER_BATCH_SIZE"
+    )
+    classifier.option("--seed", opt.integer(0), 0, "initialisation and shuffling", env="VAE_SEED")
+    classifier.option(
+        "--max-steps", opt.integer(0), 0, "stop early (0: no limit; tests)", env="VAE_MAX_STEPS"
+    )
+    classifier.option(
+        "--train-subset", opt.integer(0), 0, "first N rows only (0: all)", env="VAE_TRAIN_SUBSET"
+    )
     _common(classifier)
 
     prior = commands.add_parser(
         "prior", help="fit the Gaussian-mixture prior of a run to its training codes"
     )
-    prior.add_argument("run_dir", type=Path)
-    prior.add_argument("--which", choices=("best", "last"), default="best")
-    prior.add_argument(
+    prior.add_argument("run_dir", type=Path, help="the run directory (vae-train --run-dir)")
+    prior.option("--which", opt.choice(*WHICH), "best", "checkpoint of the run", env="VAE_WHICH")
+    prior.option(
         "--components",
-        type=int,
+        opt.integers(minimum=1),
+        (DEFAULT_COMPONENTS,),
+        "component count (10, as Ghosh et al. 2020); several: the one with the best "
+        "validation-set log-likelihood",
+        env="VAE_PRIOR_COMPONENTS",
         nargs="+",
-        default=[
-            int(c) for c in (_env("prior_components", "10") or "10").replace(",", " ").split()
-        ],
-        help="component count (10, as Ghosh et al. 2020); several: the one with the best "
-        "validation-set log-likelihood [VAE_PRIOR_COMPONENTS]",
     )
-    prior.add_argument("--covariance", choices=("full", "diag"), default="full")
+    prior.option(
+        "--covariance",
+        opt.choice("full", "diag"),
+        "full",
+        "covariance of each component",
+        env="VAE_PRIOR_COVARIANCE",
+    )
     _common(prior)
 
     quality = commands.add_parser(
         "quality", help="Fréchet distance, precision and recall of a run's samples, per prior"
     )
-    quality.add_argument("run_dir", type=Path)
-    quality.add_argument("--which", choices=("best", "last"), default="best")
-    quality.add_argument(
+    quality.add_argument("run_dir", type=Path, help="the run directory (vae-train --run-dir)")
+    quality.option("--which", opt.choice(*WHICH), "best", "checkpoint of the run", env="VAE_WHICH")
+    quality.option(
         "--classifier",
-        type=Path,
-        default=Path(_env("classifier")) if _env("classifier") else None,
-        help="classifier checkpoint (default: runs/classifiers/<dataset>.pt) [VAE_CLASSIFIER]",
+        opt.optional(opt.path),
+        None,
+        "classifier checkpoint (vae-train classifier)",
+        env="VAE_CLASSIFIER",
+        shown_default="runs/classifiers/<dataset>.pt",
     )
-    quality.add_argument("--samples", type=int, default=10_000, help="test and generated images")
-    quality.add_argument("--k", type=int, default=3, help="neighbours of precision/recall")
-    quality.add_argument("--seed", type=int, default=0, help="seed of the generated latents")
-    quality.add_argument("--temperature", type=float, default=1.0)
+    quality.option(
+        "--samples", opt.integer(1), 10_000, "test and generated images", env="VAE_QUALITY_SAMPLES"
+    )
+    quality.option("--k", opt.integer(1), 3, "neighbours of precision/recall", env="VAE_QUALITY_K")
+    quality.option("--seed", opt.integer(0), 0, "seed of the generated latents", env="VAE_SEED")
+    quality.option(
+        "--temperature",
+        opt.number(above=0),
+        1.0,
+        "scale of the priors' spread",
+        env="VAE_TEMPERATURE",
+    )
     _common(quality)
     return parser
 
@@ -114,7 +144,7 @@ def main(argv: Sequence[str]) -> int:
 
             data_dir = None if args.data_dir is None else str(args.data_dir)
             path, mixture = fit_run_prior(
-                args.run_dir, args.which, args.components, args.covariance, data_dir
+                args.run_dir, args.which, list(args.components), args.covariance, data_dir
             )
             result = {"output": str(path), **mixture.summary()}
         else:

@@ -6,87 +6,22 @@ from __future__ import annotations
 import json
 import math
 import time
-from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
 from typing import Any
 
 import torch
 from torch.nn.parallel import DistributedDataParallel
 
-from training import distributed, reporting
-from training.annealing import Annealing, kl_weight
+from training import distributed, prior, reporting
+from training.annealing import kl_weight
 from training.batching import epoch_seed, load_data
 from training.checkpoint import load_checkpoint, save_checkpoint
+from training.config import TrainConfig
 from training.losses import negative_elbo
 from training.models import ModelConfig, build_model
 
 LR_SCHEDULES = ("constant", "cosine")
 RESUME_KEYS = ("optimizer_state", "scheduler_state", "epoch", "step", "best_val_loss", "history")
-
-
-@dataclass
-class TrainConfig:
-    """One training run; every field is also a `vae-train` flag and a VAE_<FIELD> variable."""
-
-    dataset: str = "fashion-mnist"  # fashion-mnist, mnist or celeba (any folder of images)
-    data_dir: str = ""  # empty: VAE_DATA_DIR, the Debian package's folder, then download
-    run_dir: str = "runs/mlp-vae"
-    epochs: int = 10
-    batch_size: int = 128  # the classic example's batch size
-    learning_rate: float = 1e-3  # Adam's usual default, as in the classic example
-    lr_schedule: str = "constant"  # or cosine: decay to 0 over the run's steps
-    beta: float = 1.0  # weight of the KL term; 1 is the ELBO, > 1 a beta-VAE (Higgins et al. 2017)
-    kl_anneal: str = "none"  # none, linear (warm-up) or cyclical (Fu et al. 2019)
-    kl_warmup: int = 0  # linear: warm-up length in kl_warmup_unit
-    kl_warmup_unit: str = "epoch"  # epoch or step
-    kl_cycles: int = 4  # cyclical: M, as in Fu et al. 2019
-    kl_cycle_ratio: float = 0.5  # cyclical: R, the rising share of each cycle (Fu et al. 2019)
-    seed: int = 0
-    val_size: int = 5000  # rows held out of the training set for choosing the best checkpoint
-    test_size: int = 0  # image folders without an official split: rows held out for test
-    train_subset: int = 0  # train on the first N training rows only (0: all); for quick checks
-    max_steps: int = 0  # stop after this many optimiser steps in total (0: no limit)
-    eval_batch_size: int = 1000
-    device: str = "auto"  # auto picks cuda when available
-    threads: int = 0  # CPU threads for torch (0: its default); 1 suits small models on busy CPUs
-    amp: bool = False  # mixed precision: float16 with loss scaling on CUDA, bfloat16 on CPU
-    compile: bool = False  # torch.compile the training forward pass
-    grad_clip: float = 0.0  # clip the gradient's global norm to this (0: off)
-    num_workers: int = 2  # DataLoader workers for image folders (tensor data needs none)
-    progress: bool = True  # a progress bar with the running loss (drawn on a terminal only)
-    tensorboard: bool = True  # scalars under <run_dir>/tensorboard
-    figures: bool = True  # pictures in the run directory after training
-    iwae_samples: int = 50  # k of the final IWAE bound (Burda et al. 2015 use 5000); 0 skips it
-    iwae_images: int = 1000  # test images the IWAE bound averages over (0: all)
-    resume: bool = False  # continue from <run_dir>/last.pt: model, optimiser, scheduler, epoch
-    # After training, a Gaussian mixture with this many components is fitted to the training set's
-    # posterior means under best.pt, the learned prior (Ghosh et al. 2020 use 10); 0 skips it.
-    prior_components: int = 10
-    # When set, the mixture's component count is the one of these with the best validation-set
-    # log-likelihood, and prior_components is ignored.
-    prior_candidates: tuple[int, ...] = ()
-    model: ModelConfig = field(default_factory=ModelConfig)
-
-    def to_dict(self) -> dict[str, Any]:
-        data = asdict(self)
-        data["model"] = self.model.to_dict()
-        return data
-
-    @classmethod
-    def from_dict(cls, data: dict[str, Any]) -> TrainConfig:
-        """The inverse of to_dict, as a checkpoint stores it; unknown keys (newer fields) are left out."""
-        known = {f.name: f for f in fields(cls) if f.name != "model"}
-        values = {k: v for k, v in data.items() if k in known}
-        for name, value in values.items():
-            if isinstance(value, list):  # tuples come back from a checkpoint or JSON as lists
-                values[name] = tuple(value)
-        return cls(**values, model=ModelConfig.from_dict(data.get("model", {})))
-
-    def annealing(self) -> Annealing:
-        return Annealing(
-            self.kl_anneal, self.beta, self.kl_warmup, self.kl_warmup_unit,
-            self.kl_cycles, self.kl_cycle_ratio,
-        )  # fmt: skip
 
 
 class NonFiniteLoss(RuntimeError):
@@ -260,4 +195,6 @@ def _train(config, annealing, ranks, device) -> dict[str, Any]:
             writer.close()
     if not ranks.is_main:
         return {"rank": ranks.rank, "steps": step}
-    return reporting.finish(config, model, data, history, run_dir, step, ranks)
+    summary = reporting.finish(config, model, data, history, run_dir, step, ranks)
+    fitted = prior.fit_training_prior(config, model, data, run_dir)
+    return {**summary, "prior": fitted} if fitted else summary

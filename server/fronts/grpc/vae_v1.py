@@ -81,6 +81,7 @@ def model_info(model: ServedModel, versions: list[int]) -> vae_pb2.ModelInfo:
         exported_at=meta.exported_at,
         opset=meta.opset,
         priors=[_PRIOR_ENUM_NAMES[p] for p in meta.priors],
+        preprocessing=vae_pb2.Preprocessing(**meta.preprocessing.to_dict()),
     )
 
 
