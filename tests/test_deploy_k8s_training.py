@@ -388,3 +388,19 @@ def test_validator_checks_the_pod_template_as_kubernetes_does(rendered):
 
 def test_validator_accepts_the_rendered_pytorchjob(rendered):
     assert validator.validate_object(pytorchjob(rendered)) == []
+
+
+@pytest.mark.parametrize("launcher", ALL_LAUNCHERS)
+def test_network_policy_admits_only_the_other_training_pods(rendered, launcher):
+    spec = one(rendered[launcher], "NetworkPolicy", "vae-train")["spec"]
+    obj = trainer(rendered[launcher])
+    template = (
+        obj["spec"]["pytorchReplicaSpecs"]["Worker"]["template"]
+        if obj["kind"] == "PyTorchJob"
+        else obj["spec"]["template"]
+    )
+    labels = template["metadata"]["labels"]
+    (rule,) = spec["ingress"]
+    (source,) = rule["from"]
+    selectors = [spec["podSelector"]["matchLabels"], source["podSelector"]["matchLabels"]]
+    assert all(s and all(labels.get(k) == v for k, v in s.items()) for s in selectors)
