@@ -113,16 +113,15 @@ def torchrun_args(objects, index: int, tmp_path: Path, monkeypatch):
 
 
 def train_config(objects, monkeypatch):
-    """The TrainConfig vae-train builds in the pod: the pod's VAE_* variables, the container's
-    arguments after the module name."""
-    from training.cli import build_parser, config_from_args
+    """The TrainConfig vae-train builds in the pod from its VAE_* variables (no flags)."""
+    from training import cli
 
     for name in [n for n in os.environ if n.startswith("VAE_")]:
         monkeypatch.delenv(name)
     for name, value in pod_environment(objects).items():
         if name.startswith("VAE_"):
             monkeypatch.setenv(name, value)
-    return config_from_args(build_parser().parse_args([]))
+    return cli.config_from_args(cli.build_parser().parse_args([]))
 
 
 def mount_of(objects, claim: str) -> dict[str, Any]:
