@@ -68,8 +68,10 @@ class LoaderBatches:
         self, data: ImageFiles, batch_size: int, shuffle: bool, device: torch.device,
         seed: int = 0, rank: int = 0, world_size: int = 1, num_workers: int = 2,
     ) -> None:  # fmt: skip
+        # drop_last: equal shares by leaving out the remainder, as TensorBatches does, rather than
+        # padding the last share with repeats, which would train on some images twice an epoch.
         self.sampler = DistributedSampler(
-            data, num_replicas=world_size, rank=rank, shuffle=shuffle, seed=seed
+            data, num_replicas=world_size, rank=rank, shuffle=shuffle, seed=seed, drop_last=True
         )
         self.loader = DataLoader(
             data,

@@ -19,6 +19,9 @@ class TrainConfig:
     data_dir: str = ""  # empty: VAE_DATA_DIR, the Debian package's folder, then download
     run_dir: str = "runs/mlp-vae"
     epochs: int = 10
+    # Per process: under torchrun the global batch is batch_size x WORLD_SIZE, and the gradient is
+    # its mean (DDP averages over ranks), so N processes of B match one process of N*B. The
+    # learning rate is used as given, never scaled with the process count.
     batch_size: int = 128  # the classic example's batch size
     learning_rate: float = 1e-3  # Adam's usual default, as in the classic example
     lr_schedule: str = "constant"  # or cosine: decay to 0 over the run's steps
@@ -48,6 +51,9 @@ class TrainConfig:
     iwae_samples: int = 50  # k of the final IWAE bound (Burda et al. 2015 use 5000); 0 skips it
     iwae_images: int = 1000  # test images the IWAE bound averages over (0: all)
     resume: bool = False  # continue from <run_dir>/last.pt: model, optimiser, scheduler, epoch
+    # Continue from <run_dir>/last.pt when there is one, else start: what a restarted pod wants.
+    # A torchrun restart (--max-restarts) resumes so even without it.
+    auto_resume: bool = False
     # After training, a Gaussian mixture with this many components is fitted to the training set's
     # posterior means under best.pt, the learned prior (Ghosh et al. 2020 use 10); 0 skips it.
     prior_components: int = 10

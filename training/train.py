@@ -1,5 +1,6 @@
-"""The training loop: Adam, KL annealing, optional AMP / torch.compile / DDP, per-epoch validation
-and test ELBO, a checkpoint each epoch plus the best, exact resume, JSON-lines and TensorBoard logs."""
+"""The training loop: Adam, KL annealing, optional AMP / torch.compile / DDP (one machine or several,
+under torchrun), per-epoch validation and test ELBO, a checkpoint each epoch plus the best, exact
+resume (training/resume.py), JSON-lines and TensorBoard logs."""
 
 from __future__ import annotations
 
@@ -12,16 +13,15 @@ from typing import Any
 import torch
 from torch.nn.parallel import DistributedDataParallel
 
-from training import distributed, prior, reporting
+from training import distributed, prior, reporting, resume
 from training.annealing import kl_weight
 from training.batching import epoch_seed, load_data
-from training.checkpoint import load_checkpoint, save_checkpoint
+from training.checkpoint import save_checkpoint
 from training.config import TrainConfig
 from training.losses import negative_elbo
 from training.models import ModelConfig, build_model
 
 LR_SCHEDULES = ("constant", "cosine")
-RESUME_KEYS = ("optimizer_state", "scheduler_state", "epoch", "step", "best_val_loss", "history")
 
 
 class NonFiniteLoss(RuntimeError):
@@ -52,7 +52,7 @@ def train(config: TrainConfig) -> dict[str, Any]:
 
 def _train(config, annealing, ranks, device) -> dict[str, Any]:
     run_dir = Path(config.run_dir)
-    resumed = load_checkpoint(run_dir / "last.pt") if config.resume else None
+    resumed = resume.load_resume_point(config, ranks, device)
     data = load_data(config, device, ranks.rank, ranks.world_size)
     if resumed is not None:
         model_config = ModelConfig.from_dict(resumed["model_config"])
@@ -74,12 +74,6 @@ def _train(config, annealing, ranks, device) -> dict[str, Any]:
     amp_dtype = torch.float16 if device.type == "cuda" else torch.bfloat16
     start_epoch, step, best_val, history = 1, 0, math.inf, []
     if resumed is not None:
-        missing = sorted(set(RESUME_KEYS) - set(resumed))
-        if missing:
-            raise ValueError(
-                f"{run_dir / 'last.pt'} lacks {missing} (written by an older vae-train); it can be "
-                "exported, but not resumed: start a new run without --resume"
-            )
         model.load_state_dict(resumed["model_state"])
         optimiser.load_state_dict(resumed["optimizer_state"])
         scheduler.load_state_dict(resumed["scheduler_state"])
@@ -92,19 +86,22 @@ def _train(config, annealing, ranks, device) -> dict[str, Any]:
     if ranks.is_main:
         run_dir.mkdir(parents=True, exist_ok=True)
         (run_dir / "config.json").write_text(json.dumps(config.to_dict(), indent=2) + "\n")
-        # A new run starts a new log; a resumed one carries on with it.
-        log_file = (run_dir / "log.jsonl").open("a" if resumed else "w", encoding="utf-8")
+        log_file = resume.open_log(run_dir, resumed)
         if config.tensorboard:
             from torch.utils.tensorboard import SummaryWriter
 
             # Scalars are indexed by epoch; a resumed run drops any it is about to write again.
             purge = start_epoch if resumed is not None else None
             writer = SummaryWriter(str(run_dir / "tensorboard"), purge_step=purge)
+        if resumed is not None:
+            print(resume.describe(resumed, run_dir / "last.pt", ranks.world_size), flush=True)
         print(
             f"training {model_config.kind}/{model_config.architecture} on {config.dataset} "
             f"({data.sizes['train']} train, {data.sizes['val']} val, {data.sizes['test']} test) "
-            f"on {device}" + (f", {ranks.world_size} processes" if ranks.enabled else "")
-            + (f", resuming after epoch {start_epoch - 1}" if resumed else ""),
+            f"on {device}" + (
+                f", {ranks.world_size} processes, global batch {config.batch_size * ranks.world_size}"
+                if ranks.enabled else ""
+            ),
             flush=True,
         )  # fmt: skip
     likelihood = model_config.likelihood
@@ -153,18 +150,25 @@ def _train(config, annealing, ranks, device) -> dict[str, Any]:
             if bar is not None:
                 bar.close()
             epoch_seconds = time.perf_counter() - started
+            # The epoch's figures over every rank's share, so the log reads as one process's would.
+            totals = distributed.all_sum(
+                torch.cat([running, running.new_tensor([seen])]).double(), ranks
+            )
+            images = int(totals[3])
             if ranks.is_main:
                 train_terms = dict(
                     zip(
                         ("loss", "reconstruction", "kl"),
-                        (running / max(seen, 1)).tolist(),
+                        (totals[:3] / max(images, 1)).tolist(),
                         strict=True,
                     )
                 )
                 record = reporting.epoch_record(
                     model, data, likelihood, epoch, step, epoch_seconds, train_terms
                 )
-                record.update(kl_weight=weight, learning_rate=scheduler.get_last_lr()[0])
+                record.update(
+                    kl_weight=weight, learning_rate=scheduler.get_last_lr()[0], train_images=images
+                )
                 history.append(record)
                 reporting.log_epoch(record, log_file, writer)
                 val_loss = record.get("val_loss", record["test_loss"])
@@ -181,6 +185,7 @@ def _train(config, annealing, ranks, device) -> dict[str, Any]:
                     "best_val_loss": best_val,
                     "metrics": {k: v for k, v in record.items() if k.startswith(("test_", "val_"))},
                     "history": history,
+                    "world_size": ranks.world_size,
                     "dataset": config.dataset,
                     "class_names": list(data.class_names),
                 }
