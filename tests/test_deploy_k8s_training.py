@@ -121,7 +121,7 @@ def train_config(objects, monkeypatch):
     for name, value in pod_environment(objects).items():
         if name.startswith("VAE_"):
             monkeypatch.setenv(name, value)
-    return cli.config_from_args(cli.build_parser().parse_args([]))
+    return cli.parse_config([])
 
 
 def mount_of(objects, claim: str) -> dict[str, Any]:

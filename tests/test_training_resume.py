@@ -127,7 +127,7 @@ def test_an_unreadable_checkpoint_stops_the_resume_with_its_path(
 ) -> None:
     (tmp_path / "run").mkdir()
     (tmp_path / "run" / "last.pt").write_bytes(b"not a checkpoint")
-    with pytest.raises(ValueError, match=r"last\.pt: not a readable PyTorch checkpoint"):
+    with pytest.raises(ValueError, match=r"last\.pt: not a vae-train checkpoint"):
         train(tiny(tmp_path / "run", mnist_dir, auto_resume=True))
 
 
