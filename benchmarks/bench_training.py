@@ -26,10 +26,11 @@ import torch.nn.functional as F
 
 from training.batching import TensorBatches
 from training.checkpoint import load_checkpoint
+from training.config import TrainConfig
 from training.data import load_idx_split, locate
 from training.evaluation import evaluate
 from training.models import ModelConfig, build_model
-from training.train import TrainConfig, train
+from training.train import train
 
 
 def torchvision_root(data_dir: Path | None, scratch: Path) -> Path:

@@ -20,6 +20,39 @@ METHODS = {
 IMAGE_FORMATS = {"float32": vae_pb2.IMAGE_FORMAT_TENSOR, "uint8": vae_pb2.IMAGE_FORMAT_UINT8}
 
 
+DEFAULT_PORT = 50051  # vae-serve's default --port (server/settings.py; a test holds them equal)
+_SCHEMES = ("dns:", "unix:", "unix-abstract:", "ipv4:", "ipv6:", "vsock:")
+
+
+def with_default_port(address: str) -> str:
+    """`address` with vae-serve's port when it names none: `localhost` -> `localhost:50051`,
+    `[::1]` -> `[::1]:50051`; addresses with a scheme (`unix:`, `dns:///`) are left alone. gRPC
+    itself would go to 443, where no vae-serve listens."""
+    if address.startswith(_SCHEMES):
+        return address
+    if address.startswith("["):  # [IPv6] or [IPv6]:port
+        return address if "]:" in address else f"{address}:{DEFAULT_PORT}"
+    if address.count(":") > 1:  # a bare IPv6 address holds colons but no port
+        return f"[{address}]:{DEFAULT_PORT}"
+    return address if ":" in address else f"{address}:{DEFAULT_PORT}"
+
+
+class TlsFileError(ValueError):
+    """A TLS file that cannot be used; the message names it and what it should hold."""
+
+
+def read_pem(path: str, what: str, marker: str) -> bytes:
+    """The bytes of a PEM file, checked before gRPC sees them (its C core only logs 'Could not load
+    any root certificate' and fails the call later)."""
+    try:
+        data = Path(path).read_bytes()
+    except OSError as exc:
+        raise TlsFileError(f"{what} {path}: cannot read it ({exc.strerror or exc})") from None
+    if b"-----BEGIN" not in data or marker.encode() not in data:
+        raise TlsFileError(f"{what} {path}: not a PEM file holding a {marker.lower()}")
+    return data
+
+
 def image_tensor(images: np.ndarray) -> vae_pb2.Tensor:
     """Request images as sent: uint8 arrays as DATA_TYPE_UINT8 (0..255), anything else as float32."""
     if images.dtype == np.uint8:
@@ -51,20 +84,36 @@ class VaeClient:
         tls_cert: str = "",
         tls_key: str = "",
     ):
-        """Plaintext unless `tls_ca` (PEM roots) is set; `tls_cert`/`tls_key` add a client cert."""
+        """Plaintext unless `tls_ca` (PEM roots) is set; `tls_cert`/`tls_key` add a client cert.
+
+        An address without a port gets vae-serve's (50051). A TLS file that is missing or holds no
+        PEM, a client certificate without its key (or without `tls_ca`), raise TlsFileError.
+        """
         options = [
             ("grpc.max_receive_message_length", max_message_bytes),
             ("grpc.max_send_message_length", max_message_bytes),
         ]
+        self.address = with_default_port(address)
+        if bool(tls_cert) != bool(tls_key):
+            raise TlsFileError(
+                "a client certificate needs its key: give both --tls-cert and --tls-key"
+            )
+        if tls_cert and not tls_ca:
+            raise TlsFileError(
+                "--tls-cert is for TLS, which --tls-ca turns on: give the CA that signed the "
+                "server's certificate too"
+            )
         if tls_ca:
             credentials = grpc.ssl_channel_credentials(
-                root_certificates=Path(tls_ca).read_bytes(),
-                private_key=Path(tls_key).read_bytes() if tls_key else None,
-                certificate_chain=Path(tls_cert).read_bytes() if tls_cert else None,
+                root_certificates=read_pem(tls_ca, "--tls-ca", "CERTIFICATE"),
+                private_key=read_pem(tls_key, "--tls-key", "PRIVATE KEY") if tls_key else None,
+                certificate_chain=read_pem(tls_cert, "--tls-cert", "CERTIFICATE")
+                if tls_cert
+                else None,
             )
-            self.channel = grpc.secure_channel(address, credentials, options=options)
+            self.channel = grpc.secure_channel(self.address, credentials, options=options)
         else:
-            self.channel = grpc.insecure_channel(address, options=options)
+            self.channel = grpc.insecure_channel(self.address, options=options)
         self.stub = vae_pb2_grpc.VaeServiceStub(self.channel)
         self.timeout = timeout
 

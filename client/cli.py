@@ -6,32 +6,118 @@ import argparse
 import json
 import sys
 from pathlib import Path
+from typing import Any
 
 import grpc
 import numpy as np
 from google.protobuf import json_format
-from PIL import Image
+from google.protobuf.descriptor import FieldDescriptor
+from google.protobuf.message import Message
+from PIL import Image, UnidentifiedImageError
 
-from client.api import IMAGE_FORMATS, METHODS, PRIORS, VaeClient
+from client.api import (
+    DEFAULT_PORT,
+    IMAGE_FORMATS,
+    METHODS,
+    PRIORS,
+    TlsFileError,
+    VaeClient,
+    with_default_port,
+)
+from client.errors import Connection, explain
 from server import options as opt
 from server.codecs import grid_png
 from server.options import StrictParser
+from server.preprocessing import Preprocessing, prepare_image
+from server.proto_gen.vae.v1 import vae_pb2
 
 
-def _load_images(paths: list[Path], image_shape: tuple[int, ...]) -> np.ndarray:
-    """Read .npy arrays (N, C, H, W) or image files, resized to the model's (C, H, W), as [0, 1]."""
-    channels, height, width = image_shape
+class InputError(ValueError):
+    """An input file vae-client cannot use; the message names it and says why."""
+
+
+def _read_npy(path: Path) -> np.ndarray:
+    try:
+        return np.load(path, allow_pickle=False)
+    except FileNotFoundError:
+        raise InputError(f"{path}: no such file") from None
+    except (OSError, ValueError) as exc:  # a directory, a pickle, a truncated or foreign file
+        raise InputError(f"{path}: not a .npy array file ({exc})") from None
+
+
+def _read_image(path: Path, preprocessing: Preprocessing, image_shape: tuple[int, ...]):
+    """An image file as the model's input (C, H, W), prepared as training prepared its images."""
+    try:
+        with Image.open(path) as image:
+            return prepare_image(image, preprocessing, image_shape)
+    except FileNotFoundError:
+        raise InputError(f"{path}: no such file") from None
+    except IsADirectoryError:
+        raise InputError(f"{path}: a directory, not an image file") from None
+    except UnidentifiedImageError:
+        raise InputError(f"{path}: not an image file Pillow can read (PNG, JPEG, ...)") from None
+    except OSError as exc:
+        raise InputError(f"{path}: cannot read it ({exc})") from None
+
+
+def _load_images(paths: list[Path], info: vae_pb2.ModelInfo) -> np.ndarray:
+    """Read .npy arrays (N, C, H, W) or image files as the model's input (N, C, H, W) in [0, 1];
+    image files go through the preprocessing the model was trained with (GetModelInfo)."""
+    image_shape = tuple(info.image_shape)
+    preprocessing = preprocessing_of(info)
     batches = []
     for path in paths:
         if path.suffix == ".npy":
-            array = np.load(path, allow_pickle=False).astype(np.float32)
+            array = _read_npy(path).astype(np.float32)
             batches.append(array[None] if array.ndim == 3 else array)
             continue
-        image = Image.open(path).convert("L" if channels == 1 else "RGB").resize((width, height))
-        pixels = np.asarray(image, dtype=np.float32) / 255.0
-        pixels = pixels[None] if channels == 1 else pixels.transpose(2, 0, 1)
-        batches.append(pixels[None])
+        batches.append(_read_image(path, preprocessing, image_shape)[None])
     return np.concatenate(batches)
+
+
+def preprocessing_of(info: vae_pb2.ModelInfo) -> Preprocessing:
+    """The model's preprocessing; a server or model.json from before it existed: resize only."""
+    if not info.HasField("preprocessing"):
+        return Preprocessing()
+    return Preprocessing.from_dict(
+        {"center_crop": info.preprocessing.center_crop, "resample": info.preprocessing.resample}
+    )
+
+
+def plain(message: Message) -> dict[str, Any]:
+    """A message as JSON-ready values, every field shown; numbers stay numbers (json_format writes
+    64-bit integers as strings, for JavaScript's sake)."""
+    as_dict = json_format.MessageToDict(
+        message, preserving_proto_field_name=True, always_print_fields_with_no_presence=True
+    )
+    for field in message.DESCRIPTOR.fields:
+        if field.name not in as_dict:
+            continue
+        value, held = as_dict[field.name], getattr(message, field.name)
+        if isinstance(held, Message):  # a message field: its own integers too
+            as_dict[field.name] = plain(held)
+        elif field.cpp_type in _INTEGER_TYPES:
+            as_dict[field.name] = [int(v) for v in value] if isinstance(value, list) else int(value)
+    return as_dict
+
+
+_INTEGER_TYPES = {
+    FieldDescriptor.CPPTYPE_INT64,
+    FieldDescriptor.CPPTYPE_UINT64,
+    FieldDescriptor.CPPTYPE_INT32,
+    FieldDescriptor.CPPTYPE_UINT32,
+}
+
+
+def _labels(given: tuple[int, ...] | None, rows: int) -> list[int] | None:
+    """--label: one class for every row, or one per row."""
+    if given is None:
+        return None
+    if len(given) == 1:
+        return list(given) * rows
+    if len(given) != rows:
+        raise InputError(f"--label: {len(given)} labels for {rows} rows; give one, or one per row")
+    return list(given)
 
 
 def _write_images(
@@ -49,15 +135,13 @@ def _write_images(
     print(f"wrote {len(images)} images to {output}")
 
 
-def _endpoint(
-    client: VaeClient, path: Path, image_shape: tuple[int, ...]
-) -> tuple[np.ndarray, str]:
+def _endpoint(path: Path, info: vae_pb2.ModelInfo) -> tuple[np.ndarray, str]:
     """An interpolation end: a .npy latent vector, or an image file / .npy image."""
     if path.suffix == ".npy":
-        array = np.load(path, allow_pickle=False).astype(np.float32)
+        array = _read_npy(path).astype(np.float32)
         if array.ndim <= 2 and array.size == array.shape[-1]:
             return array.reshape(-1), "latents"
-    return _load_images([path], image_shape)[0], "images"
+    return _load_images([path], info)[0], "images"
 
 
 def build_parser() -> StrictParser:
@@ -69,7 +153,7 @@ def build_parser() -> StrictParser:
         "--address",
         opt.nonempty,
         "localhost:50051",
-        "server address host:port",
+        f"server address host:port; without a port, vae-serve's {DEFAULT_PORT}",
         env="VAE_ADDRESS",
     )
     parser.option(
@@ -100,11 +184,17 @@ def build_parser() -> StrictParser:
 
     seed = opt.optional(opt.integer(0, 2**64 - 1))
     label = opt.optional(opt.integer(0))
+    label_help = "class to draw, for conditional (cvae) models; `info` shows num_classes"
+    labels = opt.optional(opt.integers(0))
+    labels_help = (
+        "class of each row, for conditional (cvae) models: one for every row, or one per row in "
+        "order; `info` shows num_classes"
+    )
     sample = commands.add_parser("sample", help="draw images from the prior")
     sample.option("--count", opt.integer(1), 64, "images to draw")
     sample.option("--seed", seed, None, "same seed, same images (none: a fresh seed)")
     sample.option("--temperature", opt.number(0), 1.0, "scale of the prior's std (0 means 1)")
-    sample.option("--label", label, None, "class, for conditional models")
+    sample.option("--label", label, None, label_help, env="VAE_LABEL")
     sample.option(
         "--prior",
         opt.choice(*PRIORS),
@@ -117,13 +207,23 @@ def build_parser() -> StrictParser:
     output_options(sample, "samples.png")
 
     encode = commands.add_parser("encode", help="images (.png/.jpg or .npy) to latent means (.npy)")
-    encode.add_argument("inputs", type=Path, nargs="+")
-    encode.add_argument("--labels", type=int, nargs="*", default=None)
+    encode.add_argument(
+        "inputs",
+        type=Path,
+        nargs="+",
+        help="image files (prepared as the model's training images were: `info` shows how) or "
+        ".npy arrays (N, C, H, W) in [0, 1]",
+    )
+    encode.option(
+        "--label", labels, None, labels_help, env="VAE_LABEL", nargs="+", aliases=("--labels",)
+    )
     encode.option("--output", opt.path, Path("latents.npy"), "file to write", aliases=("-o",))
 
     decode = commands.add_parser("decode", help="latents (.npy, (N, D)) to images")
-    decode.add_argument("input", type=Path)
-    decode.add_argument("--labels", type=int, nargs="*", default=None)
+    decode.add_argument("input", type=Path, help=".npy array of latents (N, D)")
+    decode.option(
+        "--label", labels, None, labels_help, env="VAE_LABEL", nargs="+", aliases=("--labels",)
+    )
     output_options(decode, "decoded.png")
 
     interpolate = commands.add_parser("interpolate", help="images along a latent path")
@@ -134,79 +234,99 @@ def build_parser() -> StrictParser:
     interpolate.option("--seed", opt.integer(0), 0, "prior draws when no ends are given")
     interpolate.option("--steps", opt.integer(2), 10, "points on the path, both ends included")
     interpolate.option("--method", opt.choice(*METHODS), "linear", "linear or spherical")
-    interpolate.option("--label", label, None, "class, for conditional models")
+    interpolate.option("--label", label, None, label_help, env="VAE_LABEL")
     output_options(interpolate, "interpolation.png", columns=0)
 
     commands.add_parser("info", help="describe the model (or list every model without --model)")
     return parser
 
 
-def run(args: argparse.Namespace) -> int:
-    with VaeClient(
-        args.address,
-        timeout=args.timeout,
-        tls_ca=args.tls_ca,
-        tls_cert=args.tls_cert,
-        tls_key=args.tls_key,
-    ) as client:
-        if args.command == "info":
-            infos = [client.info(args.model, args.version)] if args.model else client.list_models()
-            as_dicts = [
-                json_format.MessageToDict(i, preserving_proto_field_name=True) for i in infos
-            ]
-            print(json.dumps(as_dicts[0] if args.model else as_dicts, indent=2))
-            return 0
-        ref = {"model": args.model, "version": args.version}
-        if args.command == "sample":
-            images, _, seed = client.sample(
-                args.count,
-                args.seed,
-                args.temperature,
-                args.label,
-                **ref,
-                image_format=args.wire,
-                prior=args.prior,
-            )
-            print(f"seed {seed}")
-            _write_images(images, args.output, args.out_format, args.columns, args.scale)
-            return 0
-        info = client.info(**ref)
-        image_shape = tuple(info.image_shape)
-        if args.command == "encode":
-            mean, _ = client.encode(_load_images(args.inputs, image_shape), args.labels, **ref)
-            np.save(args.output, mean)
-            print(f"wrote latents {list(mean.shape)} to {args.output}")
-        elif args.command == "decode":
-            latents = np.load(args.input, allow_pickle=False).astype(np.float32)
-            images = client.decode(latents, args.labels, **ref, image_format=args.wire)
-            _write_images(images, args.output, args.out_format, args.columns, args.scale)
-        elif args.command == "interpolate":
-            if (args.start is None) != (args.end is None):
-                raise SystemExit("vae-client interpolate: give both --start and --end, or neither")
-            if args.start is None:
-                rng = np.random.default_rng(args.seed)
-                ends = rng.standard_normal((2, info.latent_dim)).astype(np.float32)
-                start, end, kind = ends[0], ends[1], "latents"
-            else:
-                start, kind = _endpoint(client, args.start, image_shape)
-                end, kind_end = _endpoint(client, args.end, image_shape)
-                if kind != kind_end:
-                    raise SystemExit(
-                        "vae-client interpolate: --start and --end must be the same kind"
-                    )
-            images, _ = client.interpolate(
-                start, end, args.steps, args.method, kind, args.label, **ref, image_format=args.wire
-            )
-            _write_images(images, args.output, args.out_format, args.columns, args.scale)
+def _input_files(args: argparse.Namespace) -> list[Path]:
+    if args.command == "encode":
+        return list(args.inputs)
+    if args.command == "decode":
+        return [args.input]
+    return [p for p in (getattr(args, "start", None), getattr(args, "end", None)) if p is not None]
+
+
+def run(args: argparse.Namespace, client: VaeClient) -> int:
+    if args.command == "info":
+        infos = [client.info(args.model, args.version)] if args.model else client.list_models()
+        as_dicts = [plain(i) for i in infos]
+        print(json.dumps(as_dicts[0] if args.model else as_dicts, indent=2))
+        return 0
+    ref = {"model": args.model, "version": args.version}
+    if args.command == "sample":
+        images, _, seed = client.sample(
+            args.count,
+            args.seed,
+            args.temperature,
+            args.label,
+            **ref,
+            image_format=args.wire,
+            prior=args.prior,
+        )
+        print(f"seed {seed}")
+        _write_images(images, args.output, args.out_format, args.columns, args.scale)
+        return 0
+    for path in _input_files(args):  # a missing file is named before the server is asked anything
+        if not path.is_file():
+            raise InputError(f"{path}: " + ("a directory" if path.is_dir() else "no such file"))
+    info = client.info(**ref)
+    if args.command == "encode":
+        images = _load_images(args.inputs, info)
+        mean, _ = client.encode(images, _labels(args.label, len(images)), **ref)
+        np.save(args.output, mean)
+        print(f"wrote latents {list(mean.shape)} to {args.output}")
+    elif args.command == "decode":
+        latents = _read_npy(args.input).astype(np.float32)
+        labels = _labels(args.label, len(latents))
+        images = client.decode(latents, labels, **ref, image_format=args.wire)
+        _write_images(images, args.output, args.out_format, args.columns, args.scale)
+    elif args.command == "interpolate":
+        if (args.start is None) != (args.end is None):
+            raise InputError("give both --start and --end, or neither")
+        if args.start is None:
+            rng = np.random.default_rng(args.seed)
+            ends = rng.standard_normal((2, info.latent_dim)).astype(np.float32)
+            start, end, kind = ends[0], ends[1], "latents"
+        else:
+            start, kind = _endpoint(args.start, info)
+            end, kind_end = _endpoint(args.end, info)
+            if kind != kind_end:
+                raise InputError("--start and --end must be the same kind (images or latents)")
+        images, _ = client.interpolate(
+            start, end, args.steps, args.method, kind, args.label, **ref, image_format=args.wire
+        )
+        _write_images(images, args.output, args.out_format, args.columns, args.scale)
     return 0
 
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
+    where = f"vae-client {args.command}"
+    connection = Connection(
+        with_default_port(args.address), args.tls_ca, args.tls_cert, args.timeout
+    )
     try:
-        return run(args)
+        client = VaeClient(
+            args.address,
+            timeout=args.timeout,
+            tls_ca=args.tls_ca,
+            tls_cert=args.tls_cert,
+            tls_key=args.tls_key,
+        )
+    except TlsFileError as exc:
+        print(f"vae-client: {exc}", file=sys.stderr)
+        return 2
+    try:
+        with client:
+            return run(args, client)
+    except InputError as exc:
+        print(f"{where}: {exc}", file=sys.stderr)
+        return 2
     except grpc.RpcError as exc:
-        print(f"vae-client: {exc.code().name}: {exc.details()}", file=sys.stderr)
+        print(f"{where}: {explain(exc, connection)}", file=sys.stderr)
         return 1
 
 

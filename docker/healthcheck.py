@@ -20,10 +20,10 @@ import grpc
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
 # vae-serve's own defaults (tests/test_deploy_docker.py holds them together): the gRPC port, and
-# the health listener's port when TLS is on (server.settings.DEFAULT_HEALTH_PORT).
+# the health listener's port when TLS is on (server.process.settings.DEFAULT_HEALTH_PORT).
 DEFAULT_PORT = 50051
 DEFAULT_HEALTH_PORT = 50052
-DEFAULT_SERVICE = "vae.v1.VaeService"  # the name server.app.SERVICE_NAME reports
+DEFAULT_SERVICE = "vae.v1.VaeService"  # the name server.process.app.SERVICE_NAME reports
 
 
 class ConfigError(ValueError):

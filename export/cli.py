@@ -63,6 +63,11 @@ def build_parser() -> StrictParser:
     return parser
 
 
+def _reason(result: Any) -> str:
+    """The row's detail on one line, without the checkpoint path the row already shows."""
+    return " ".join(str(result.detail).removeprefix(f"{result.checkpoint}: ").split())
+
+
 def print_table(results: list[Any]) -> None:
     """One row per export.ExportResult: status, model, version, largest |diff|, checkpoint."""
     rows = [("status", "model", "version", "max |diff|", "checkpoint / detail")]
@@ -74,7 +79,7 @@ def print_table(results: list[Any]) -> None:
                 r.name,
                 str(r.version or "-"),
                 f"{diff:.2e}" if r.parity else "-",
-                f"{r.checkpoint}" + (f"  ({r.detail})" if r.detail else ""),
+                f"{r.checkpoint}" + (f"  ({_reason(r)})" if r.detail else ""),
             )
         )
     widths = [max(len(row[i]) for row in rows) for i in range(4)]

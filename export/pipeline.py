@@ -16,6 +16,7 @@ from export.onnx_export import OPSET, convert_to_fp16, export_graphs
 from export.parity import DEFAULT_TOLERANCE, check_parity
 from export.prior_export import check_prior_parity, describe_two_stage, export_prior_decoder
 from export.writer import existing_sha256, write_version
+from server.preprocessing import Preprocessing
 from server.repository import (
     PRECISIONS,
     PRIOR_MIXTURE,
@@ -32,6 +33,7 @@ from server.repository import (
 from training.checkpoint import CheckpointError, load_checkpoint, model_from_checkpoint, sha256_file
 from training.class_prior import class_prior_path, load_class_mixtures, mixture_file
 from training.data import DatasetNotFound, load_idx_split
+from training.images import preprocessing_of
 from training.prior import load_mixture, prior_path
 from training.two_stage import SecondStageVAE, load_two_stage, two_stage_path
 
@@ -220,6 +222,7 @@ def export_checkpoint(
         images, labels, source = parity_batch(document, data_dir, batch)
         labels = labels if model.config.num_classes else None
         config = model.config
+        dataset = str(document.get("dataset", ""))
         report = {}
         mixture, mixture_summary, note = run_mixture(checkpoint, digest, config.latent_dim)
         second_stage, second_stage_summary, second_note = run_two_stage(checkpoint, digest)
@@ -293,7 +296,7 @@ def export_checkpoint(
                 num_classes=config.num_classes,
                 opset=OPSET,
                 tensors=names,  # cvae graphs take a label; ae encoders have no log_variance
-                dataset=str(document.get("dataset", "")),
+                dataset=dataset,
                 metrics={**metrics, "epoch": float(document.get("epoch", 0)), **quality},
                 parity={**report, "tolerance": tolerance},
                 parity_inputs=source,
@@ -306,6 +309,7 @@ def export_checkpoint(
                 class_mixture=class_mixture,
                 recommended_prior=recommended_prior,
                 recommended_temperature=recommended_temperature,
+                preprocessing=Preprocessing.from_dict(preprocessing_of(dataset)),
             )
 
         version, _ = write_version(repository, model_name, build)

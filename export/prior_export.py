@@ -119,7 +119,7 @@ def reference_two_stage_sample(
     """The two-stage prior's latents (count, D) float32 for a Sample of `count` with `seed` and
     `temperature`, from the ONNX file alone (numpy and onnxruntime): noise = default_rng(seed).
     standard_normal((count, noise_dim), dtype=float32), times float32(temperature) when it is not 1
-    (as server/latent.py draws N(0, I)), then the graph. Images are decoder.onnx of these."""
+    (as server/dataplane/latent_space.py draws N(0, I)), then the graph. Images are decoder.onnx of these."""
     source = str(prior_decoder) if isinstance(prior_decoder, Path) else prior_decoder
     session = ort.InferenceSession(source, providers=["CPUExecutionProvider"])
     (graph_input,) = session.get_inputs()

@@ -25,7 +25,7 @@ done
 # tritonclient and other clients built from the published proto register the same names in the
 # default pool, and a pool refuses a second definition of a name, so a process that imports both (the
 # tests; an application embedding the server) could not start. Reflection reads this pool too
-# (server/reflection_v1.py, merged_pool).
+# (server/fronts/grpc/reflection_v1.py, merged_pool).
 cat > "$out/inference/__init__.py" <<'PY'
 """Generated gRPC stubs; regenerate with proto/generate.sh. POOL holds the inference.* descriptors."""
 

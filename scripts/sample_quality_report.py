@@ -6,7 +6,7 @@ table <runs> <out>                every run's metrics.json "quality" -> results.
                                   mean and standard deviation over training seeds per model, prior
                                   and temperature, and each run's recommended prior
 samples <repository> <out>        64 images per prior of each model's newest version, drawn as
-                                  vae-serve draws them (server/latent.py for N(0, I) and the mixture,
+                                  vae-serve draws them (server/dataplane/latent_space.py for N(0, I) and the mixture,
                                   export/prior_export.py's reference sampler for the two-stage prior)
                                   and decoded by its decoder.onnx: <out>/<model>-<panel>.png
 grids <png folder> <out>          those PNGs side by side, per model
@@ -135,7 +135,7 @@ def samples(repository: Path, out: Path, count: int = 64, seed: int = 0) -> None
 
     from export.prior_export import reference_two_stage_sample
     from server.codecs import grid_png
-    from server.latent import draw_latents, prior_generator
+    from server.dataplane.latent_space import draw_latents, prior_generator
     from server.repository import (
         PRIOR_DECODER_FILE,
         list_models,

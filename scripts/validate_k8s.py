@@ -4,9 +4,9 @@ Kubernetes kinds are checked against the OpenAPI schemas that kubernetes-validat
 an unknown field is an error), for the oldest and the newest Kubernetes version we support; the
 ServiceMonitor and the PrometheusRule against the Prometheus Operator's CRDs, through cloudcoil's
 models of them, and the PrometheusRule's rules with `promtool check rules` (Debian package
-`prometheus`); KServe's ServingRuntime and InferenceService as `validate_kserve` describes. An object
-of a kind with no schema here is an error too, so nothing passes unchecked. Run with
-`make validate-k8s`.
+`prometheus`); KServe's ServingRuntime and InferenceService as `validate_kserve` describes, and
+Kubeflow's PyTorchJob as `validate_pytorchjob` does. An object of a kind with no schema here is an
+error too, so nothing passes unchecked. Run with `make validate-k8s`.
 """
 
 from __future__ import annotations
@@ -37,6 +37,11 @@ KUSTOMIZATIONS = (
     "monitoring",
     "autoscaling",
     "kserve",
+    "storage",
+    "training/pytorchjob",
+    "training/pytorchjob-gpu",
+    "training/indexed-job",
+    "training/indexed-job-gpu",
 )
 # Native gRPC probes are GA from 1.27; 1.29 is the oldest release still maintained by most vendors.
 KUBERNETES_VERSIONS = ("1.29", kubernetes_validate.utils.latest_version())
@@ -319,6 +324,111 @@ def validate_inference_service(obj: dict[str, Any], versions: Iterable[str]) -> 
     return errors + _as_pod(obj, pod, versions)
 
 
+# --- Kubeflow PyTorchJob --------------------------------------------------------------------------
+# The schema is the kubeflow-training SDK's models (kubeflow.training.models, a dev dependency),
+# generated from the training-operator's Go API types (pkg/apis/kubeflow.org/v1), as its CRD is:
+# each model's attribute_map names its JSON fields and openapi_types gives their types, so an
+# unknown or misspelt field is an error, as in the strict Kubernetes checks. The enums are the Go
+# constants the CRD declares (RDZVBackend in pytorch_types.go; RestartPolicy and CleanPodPolicy in
+# common_types.go), the rules those of the operator's webhook (pytorch_validation.go), and each
+# replica's pod template is checked by Kubernetes' own schemas as the Pod the operator makes of it.
+# Not checked: elasticPolicy.metrics (an autoscaling/v2 MetricSpec; not used here, so an error) and
+# what only a running operator knows.
+
+PYTORCHJOB_ENUMS = {
+    "rdzvBackend": ("c10d", "etcd", "etcd-v2"),
+    "restartPolicy": ("Always", "OnFailure", "Never", "ExitCode"),
+    "cleanPodPolicy": ("All", "Running", "None"),
+}
+PYTORCHJOB_REPLICA_TYPES = ("Master", "Worker")
+PRIMITIVES: dict[str, type] = {"str": str, "int": int, "bool": bool}
+# The embedded Kubernetes types the walk hands to kubernetes-validate instead (see below).
+KUBERNETES_TYPES = ("V1PodTemplateSpec", "V1ObjectMeta")
+DNS_1035 = re.compile(r"^[a-z]([-a-z0-9]*[a-z0-9])?$")
+
+
+def _against_sdk_model(value: Any, type_name: str, where: str) -> list[str]:
+    """Errors of `value` against the SDK's type `type_name` ("KubeflowOrgV1ElasticPolicy", "int",
+    "dict(str, KubeflowOrgV1ReplicaSpec)", "list[KubeflowOrgV1RDZVConf]"...)."""
+    import kubeflow.training.models as models
+
+    if type_name in PRIMITIVES:
+        want = PRIMITIVES[type_name]
+        if not isinstance(value, want) or (want is int and isinstance(value, bool)):
+            return [f"{where}: {value!r} is not a {want.__name__}"]
+        allowed = PYTORCHJOB_ENUMS.get(where.rsplit(".", 1)[-1])
+        if allowed and value not in allowed:
+            return [f"{where}: {value!r} is not one of {allowed}"]
+        return []
+    if type_name.startswith("dict(str, "):
+        if not isinstance(value, dict):
+            return [f"{where}: expected a mapping"]
+        inner = type_name.removeprefix("dict(str, ").removesuffix(")")
+        return [e for k, v in value.items() for e in _against_sdk_model(v, inner, f"{where}.{k}")]
+    if type_name.startswith("list["):
+        if not isinstance(value, list):
+            return [f"{where}: expected a list"]
+        inner = type_name.removeprefix("list[").removesuffix("]")
+        return [
+            e for i, v in enumerate(value) for e in _against_sdk_model(v, inner, f"{where}[{i}]")
+        ]
+    if type_name in KUBERNETES_TYPES:
+        return [] if isinstance(value, dict) else [f"{where}: expected a mapping"]
+    model = getattr(models, type_name, None)
+    if model is None:
+        return [f"{where}: a {type_name}, which this validator does not check"]
+    if not isinstance(value, dict):
+        return [f"{where}: expected a mapping ({type_name})"]
+    by_json = {json_name: attr for attr, json_name in model.attribute_map.items()}
+    errors = []
+    for key, item in value.items():
+        if key not in by_json:
+            errors.append(f"{where}.{key}: not a field of {type_name}")
+        else:
+            errors += _against_sdk_model(item, model.openapi_types[by_json[key]], f"{where}.{key}")
+    return errors
+
+
+def validate_pytorchjob(obj: dict[str, Any], versions: Iterable[str]) -> list[str]:
+    """Errors in a kubeflow.org/v1 PyTorchJob: fields and types, the webhook's rules, the pods."""
+    spec = obj.get("spec") or {}
+    body = {k: v for k, v in obj.items() if k != "status"}
+    errors = _against_sdk_model(body, "KubeflowOrgV1PyTorchJob", "PyTorchJob")
+    name = obj.get("metadata", {}).get("name", "")
+    if not DNS_1035.fullmatch(name) or len(name) > 63:
+        errors.append(f"metadata.name: {name!r} is not a DNS-1035 label")
+    replicas = spec.get("pytorchReplicaSpecs")
+    if not isinstance(replicas, dict) or not replicas:
+        return [*errors, "spec.pytorchReplicaSpecs: required"]
+    policy = spec.get("elasticPolicy") or {}
+    if "nprocPerNode" in spec and "nProcPerNode" in policy:
+        errors.append("spec.elasticPolicy.nProcPerNode is deprecated: set spec.nprocPerNode only")
+    for replica_type, replica in replicas.items():
+        where = f"spec.pytorchReplicaSpecs.{replica_type}"
+        if replica_type not in PYTORCHJOB_REPLICA_TYPES:
+            errors.append(f"{where}: the replica type must be one of {PYTORCHJOB_REPLICA_TYPES}")
+        if not isinstance(replica, dict):
+            continue
+        template = replica.get("template") or {}
+        containers = (template.get("spec") or {}).get("containers") or []
+        if not containers:
+            errors.append(f"{where}: needs containers")
+        if any(not c.get("image") for c in containers):
+            errors.append(f"{where}: every container needs an image")
+        if "pytorch" not in {c.get("name") for c in containers}:
+            errors.append(f"{where}: needs a container named 'pytorch'")
+        if replica_type == "Master" and replica.get("replicas", 1) != 1:
+            errors.append(f"{where}.replicas: there must be exactly one Master")
+        pod_owner = {"metadata": template.get("metadata") or {}}
+        errors += [
+            f"{where}.template {e}"
+            for e in _as_pod(pod_owner, template.get("spec") or {}, versions)
+        ]
+    if policy and "Worker" not in replicas:
+        errors.append("spec.elasticPolicy: the operator counts nodes by the Worker replicas")
+    return errors
+
+
 def validate_object(
     obj: dict[str, Any], versions: Iterable[str] = KUBERNETES_VERSIONS
 ) -> list[str]:
@@ -330,6 +440,8 @@ def validate_object(
         return validate_serving_runtime(obj, versions)
     if obj.get("apiVersion") == "serving.kserve.io/v1beta1" and kind == "InferenceService":
         return validate_inference_service(obj, versions)
+    if obj.get("apiVersion") == "kubeflow.org/v1" and kind == "PyTorchJob":
+        return validate_pytorchjob(obj, versions)
     errors = []
     for version in versions:
         try:

@@ -10,7 +10,10 @@ stderr naming the flag, the variable when the value came from one, the value and
 Variables are read when the parser parses, never when it is built, so a bad variable cannot raise
 a traceback at import or `--help` time; a variable that is set but empty counts as unset. Booleans
 accept true/false, 1/0, yes/no and on/off in any case; anything else (`ture`) is refused.
-Used by vae-serve, vae-client, vae-bench and vae-export (vae-train may not import server/).
+Used by all five commands: vae-serve, vae-client, vae-bench, vae-export and vae-train (with its
+subcommands). It imports nothing outside the standard library at module level, which is why
+training/ may import it (and nothing else of server/); `providers` asks onnxruntime, when installed,
+only when it converts a value.
 """
 
 from __future__ import annotations
@@ -115,6 +118,34 @@ def boolean(text: str) -> bool:
     raise ValueError("expected a boolean: true, false, 1, 0, yes, no, on or off")
 
 
+def integers(minimum: int | None = None) -> Convert:
+    """One or more whole numbers (each at least `minimum`), separated by spaces or commas."""
+    allowed = "one or more integers" + (f" of at least {minimum}" if minimum is not None else "")
+
+    def convert(text: str) -> tuple[int, ...]:
+        try:
+            values = tuple(int(item) for item in text.replace(",", " ").split())
+        except ValueError:
+            raise ValueError(f"expected {allowed}") from None
+        if not values or (minimum is not None and min(values) < minimum):
+            raise ValueError(f"expected {allowed}")
+        return values
+
+    return convert
+
+
+def like(convert: Convert, example: str) -> Convert:
+    """`convert`, whose refusals end with an example of an accepted value: `(like 10)`."""
+
+    def wrapped(text: str) -> Any:
+        try:
+            return convert(text)
+        except ValueError as exc:
+            raise ValueError(f"{exc} (like {example})") from None
+
+    return wrapped
+
+
 def text(value: str) -> str:
     """Any text, kept as given."""
     return value
@@ -207,8 +238,13 @@ class StrictParser(argparse.ArgumentParser):
         shown_default: str | None = None,
         aliases: Sequence[str] = (),
         group: Any = None,
+        nargs: str | None = None,
     ) -> None:
-        """A flag taking one value, converted by `convert`; `env` is read when the flag is absent."""
+        """A flag taking one value, converted by `convert`; `env` is read when the flag is absent.
+
+        `nargs="+"` (or "*") takes several words, which reach `convert` joined by spaces, as the
+        variable's text does (`--hidden-dims 32 64` and `VAE_HIDDEN_DIMS='32 64'` alike).
+        """
         dest = dest or flag.lstrip("-").replace("-", "_")
         shown = shown_default if shown_default is not None else _show(default)
         (group or self).add_argument(
@@ -216,6 +252,7 @@ class StrictParser(argparse.ArgumentParser):
             *aliases,
             dest=dest,
             default=UNSET,
+            nargs=nargs,
             metavar=metavar or flag.lstrip("-").replace("-", "_").upper(),
             help=_help(help, shown, env),
         )
@@ -230,12 +267,24 @@ class StrictParser(argparse.ArgumentParser):
         env: str | None = None,
         dest: str | None = None,
         negatable: bool = False,
+        takes_value: bool = False,
         group: Any = None,
     ) -> None:
-        """An on/off flag (`--x`, and `--no-x` when negatable); `env` takes a boolean word."""
+        """An on/off flag (`--x`, and `--no-x` when negatable); `env` takes a boolean word.
+
+        With `takes_value` the flag alone means on and may also take a boolean word (`--amp false`),
+        as vae-train's flags always did.
+        """
         dest = dest or flag.lstrip("-").replace("-", "_")
         container = group or self
         shown = "on" if default else "off"
+        if takes_value:
+            container.add_argument(
+                flag, dest=dest, nargs="?", const="true", default=UNSET, metavar="BOOL",
+                help=_help(help, shown, env),
+            )  # fmt: skip
+            self._typed[dest] = _Typed(flag, env, boolean, default)
+            return
         container.add_argument(
             flag, dest=dest, action="store_const", const=True, default=UNSET,
             help=_help(help, shown, env),
@@ -254,6 +303,10 @@ class StrictParser(argparse.ArgumentParser):
     def check(self, check: Check) -> None:
         """Run `check` on the converted values; a message it returns is the error."""
         self._checks.append(check)
+
+    def source(self, dest: str) -> str:
+        """Where the last parse took `dest` from: "flag", "env" or "default"."""
+        return self._given.get(dest, ("default", ""))[0]
 
     def describe(self, dest: str) -> str:
         """How the user gave `dest`: `--port 50052`, `VAE_PORT='50052' (for --port)`, or `--port`."""
@@ -283,6 +336,8 @@ class StrictParser(argparse.ArgumentParser):
             if typed.convert is None:  # a switch's flag: True or False already
                 self._given[dest] = ("flag", "")
                 return given
+            if isinstance(given, list):  # nargs: the words as one text, like a variable's
+                given = " ".join(given)
             self._given[dest] = ("flag", given)
             return self._convert(typed, given, f"{typed.flag} {given!r}")
         raw = os.environ.get(typed.env, "") if typed.env else ""
@@ -312,7 +367,7 @@ class StrictParser(argparse.ArgumentParser):
 
 
 def _show(default: Any) -> str:
-    if default is None or default == "":
+    if default is None or default == "" or default == ():
         return "none"
     if isinstance(default, tuple):
         return ",".join(str(d) for d in default)

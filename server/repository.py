@@ -20,6 +20,8 @@ from typing import Any
 
 import numpy as np
 
+from server.preprocessing import Preprocessing
+
 ENCODER_FILE = "encoder.onnx"
 DECODER_FILE = "decoder.onnx"
 METADATA_FILE = "model.json"
@@ -123,6 +125,9 @@ class ModelMetadata:
     # "" when not measured, and then N(0, I) at temperature 1 is the default.
     recommended_prior: str = ""
     recommended_temperature: float = 1.0
+    # How an image file becomes the encoder's input, as training prepared its images (centre crop,
+    # resize filter); absent in older files, which means resize straight to (H, W).
+    preprocessing: Preprocessing = field(default_factory=Preprocessing)
     format_version: int = FORMAT_VERSION
 
     @property
@@ -172,6 +177,7 @@ class ModelMetadata:
                 class_mixture=dict(data.get("class_mixture", {})),
                 recommended_prior=str(data.get("recommended_prior", "")),
                 recommended_temperature=float(data.get("recommended_temperature", 1.0)),
+                preprocessing=Preprocessing.from_dict(data.get("preprocessing"), "preprocessing"),
                 format_version=int(data.get("format_version", FORMAT_VERSION)),
             )
         except (KeyError, TypeError, ValueError) as exc:

@@ -17,6 +17,28 @@ MNIST_T10K = SHARED_DATA / "mnist-t10k"
 CELEBA_SAMPLE = SHARED_DATA / "celeba-sample"
 
 
+def _random_order(config: pytest.Config) -> str | None:
+    """The line that says how to repeat this run's order (pytest-randomly), None when not random."""
+    if not config.pluginmanager.has_plugin("randomly"):
+        return None
+    seed = config.getoption("randomly_seed", None)
+    return f"random order, seed {seed}: pytest --randomly-seed={seed} repeats it"
+
+
+def pytest_collection_finish(session: pytest.Session) -> None:
+    """Say the seed before the first test too (pytest-randomly's header is hidden by -q)."""
+    line = _random_order(session.config)
+    reporter = session.config.pluginmanager.get_plugin("terminalreporter")
+    if line and reporter is not None:
+        reporter.write_line(line)
+
+
+def pytest_terminal_summary(terminalreporter, config: pytest.Config) -> None:
+    line = _random_order(config)
+    if line:
+        terminalreporter.write_line(line)
+
+
 def free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
@@ -39,8 +61,8 @@ def mnist_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 def tiny_train_config(run_dir: Path, data_dir: Path, **model_overrides):
     """A few dozen steps of a small MLP on real MNIST: seconds on two cores."""
+    from training.config import TrainConfig
     from training.models import ModelConfig
-    from training.train import TrainConfig
 
     model = ModelConfig(hidden_dims=(64,), latent_dim=8, **model_overrides)
     return TrainConfig(
@@ -102,14 +124,14 @@ def repository(
 class LiveServer:
     address: str
     metrics_url: str
-    server: object  # server.app.VaeServer
+    server: object  # server.process.app.VaeServer
 
 
 @pytest.fixture(scope="session")
 def live_server(repository: Path) -> Iterator[LiveServer]:
     """The real gRPC server on a loopback port, metrics on another, for the whole session."""
-    from server.app import VaeServer
-    from server.settings import Limits, Settings
+    from server.process.app import VaeServer
+    from server.process.settings import Limits, Settings
 
     settings = Settings(
         repository=repository,

@@ -15,9 +15,9 @@ from typing import Any
 import grpc
 from prometheus_client.parser import text_string_to_metric_families
 
-from server.batching import BatchingConfig
+from server.inference.batching import BatchingConfig
+from server.process.settings import Limits, Settings
 from server.proto_gen.vae.v1 import vae_pb2, vae_pb2_grpc
-from server.settings import Limits, Settings
 from tests.conftest import free_port
 
 BASE_SETTINGS = Settings(
@@ -50,7 +50,7 @@ def settings(
 @contextmanager
 def running_server(config: Settings) -> Iterator[Any]:
     """An in-process VaeServer on loopback ports; stopped (with a short grace) on exit."""
-    from server.app import VaeServer
+    from server.process.app import VaeServer
 
     server = VaeServer(config)
     server.start()

@@ -47,7 +47,7 @@ def test_interpolate_writes_one_row_of_steps(live_server, tmp_path):
 
 def test_info_prints_json(live_server, capsys):
     assert client(live_server, "info") == 0
-    assert json.loads(capsys.readouterr().out)["latent_dim"] == "8"
+    assert json.loads(capsys.readouterr().out)["latent_dim"] == 8  # a number, not "8"
 
 
 def test_server_errors_exit_non_zero_with_the_status(live_server, capsys):

@@ -26,7 +26,7 @@ import grpc
 import pytest
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 
-from server.settings import DEFAULT_HEALTH_PORT, Settings, build_parser, parse_settings
+from server.process.settings import DEFAULT_HEALTH_PORT, Settings, build_parser, parse_settings
 
 ROOT = Path(__file__).resolve().parent.parent
 DOCKERFILE = ROOT / "Dockerfile"
@@ -326,7 +326,7 @@ def test_entrypoint_is_vae_serve_in_exec_form(stage):
 
 def test_vae_serve_is_the_console_script_of_the_server_cli():
     scripts = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]["scripts"]
-    assert scripts["vae-serve"] == "server.cli:main"
+    assert scripts["vae-serve"] == "server.process.cli:main"
 
 
 @pytest.mark.parametrize("stage", SERVING_STAGES)
@@ -459,7 +459,7 @@ def test_healthcheck_reports_a_bad_configuration_as_unhealthy_on_one_line(enviro
 
 
 def test_healthcheck_asks_for_the_service_the_server_reports():
-    from server.app import SERVICE_NAME
+    from server.process.app import SERVICE_NAME
 
     assert load_healthcheck_module().DEFAULT_SERVICE == SERVICE_NAME
 

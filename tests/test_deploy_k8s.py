@@ -18,7 +18,8 @@ import dockerfile
 import pytest
 import yaml
 
-from server.settings import Settings, build_parser, parse_settings, settings_from_args
+from server.process.settings import Settings, build_parser, parse_settings, settings_from_args
+from tests.system_tools import require_tool
 
 ROOT = Path(__file__).resolve().parent.parent
 OVERLAYS = ("overlays/cpu", "overlays/gpu")
@@ -40,7 +41,14 @@ validator = _load_validator()
 
 @pytest.fixture(scope="module")
 def rendered() -> dict[str, list[dict[str, Any]]]:
+    require_tool("kubectl", "kustomize")
     return {name: validator.render(name) for name in validator.KUSTOMIZATIONS}
+
+
+@pytest.fixture
+def promtool() -> str:
+    """Schema validation of a PrometheusRule runs `promtool check rules`."""
+    return require_tool("promtool")
 
 
 def one(objects: list[dict[str, Any]], kind: str, name: str | None = None) -> dict[str, Any]:
@@ -108,7 +116,7 @@ def container_port(container: dict[str, Any], name: str) -> int:
 
 
 @pytest.mark.parametrize("kustomization", validator.KUSTOMIZATIONS)
-def test_rendered_objects_are_valid_against_their_schemas(rendered, kustomization):
+def test_rendered_objects_are_valid_against_their_schemas(rendered, promtool, kustomization):
     errors = [e for obj in rendered[kustomization] for e in validator.validate_object(obj)]
     assert errors == []
 
@@ -207,14 +215,14 @@ def test_health_port_stays_on_when_tls_is_turned_on(rendered, overlay, monkeypat
 @pytest.mark.parametrize("overlay", OVERLAYS)
 @pytest.mark.parametrize("probe", PROBES)
 def test_grpc_probe_asks_a_service_the_server_reports(rendered, overlay, probe):
-    from server.app import SERVICE_NAME
+    from server.process.app import SERVICE_NAME
 
     assert server_container(rendered[overlay])[probe]["grpc"]["service"] in ("", SERVICE_NAME)
 
 
 @pytest.mark.parametrize("overlay", OVERLAYS)
 def test_readiness_asks_for_the_vae_service_which_turns_not_serving_on_drain(rendered, overlay):
-    from server.app import SERVICE_NAME
+    from server.process.app import SERVICE_NAME
 
     assert server_container(rendered[overlay])["readinessProbe"]["grpc"]["service"] == SERVICE_NAME
 
@@ -627,7 +635,8 @@ def test_job_writes_the_claim_the_servers_read(rendered):
 
 
 def test_job_runs_in_the_servers_namespace(rendered):
-    namespaces = {o["metadata"]["namespace"] for o in rendered["jobs"]}
+    namespaced = [o for o in rendered["jobs"] if o["kind"] != "Namespace"]
+    namespaces = {o["metadata"]["namespace"] for o in namespaced}
     assert namespaces == {one(rendered["overlays/gpu"], "Namespace")["metadata"]["name"]}
 
 
@@ -718,7 +727,7 @@ def test_kserve_grpc_port_is_named_h2c_and_is_the_configured_one(rendered, monke
 
 @pytest.mark.parametrize("probe", PROBES)
 def test_kserve_probes_ask_grpc_health_on_the_configured_port(rendered, probe, monkeypatch):
-    from server.app import SERVICE_NAME
+    from server.process.app import SERVICE_NAME
 
     grpc_probe = runtime_container(rendered["kserve"])[probe]["grpc"]
     settings = runtime_settings(rendered["kserve"], monkeypatch)

@@ -33,6 +33,7 @@ from tests.server_helpers import (
     settings,
     stub_for,
 )
+from tests.system_tools import require_tool
 from tests.test_deploy_k8s import one, validator
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -226,7 +227,17 @@ def test_every_label_a_query_uses_is_on_the_metric(live_series, expr):
 # ---------------------------------------------------------------------------- PromQL is valid
 
 
-def test_dashboard_queries_are_valid_promql():
+@pytest.fixture
+def promtool() -> str:
+    return require_tool("promtool")
+
+
+@pytest.fixture
+def kustomize() -> str:
+    return require_tool("kubectl", "kustomize")
+
+
+def test_dashboard_queries_are_valid_promql(promtool):
     groups = [
         {
             "name": "dashboard",
@@ -239,7 +250,7 @@ def test_dashboard_queries_are_valid_promql():
     assert validator.check_rules(groups) == []
 
 
-def test_the_autoscaling_rule_renders_valid_promql():
+def test_the_autoscaling_rule_renders_valid_promql(promtool):
     rules = [
         {"record": f"adapter:query_{i}", "expr": adapter_query(r)}
         for i, r in enumerate(adapter_rules())
@@ -247,21 +258,21 @@ def test_the_autoscaling_rule_renders_valid_promql():
     assert validator.check_rules([{"name": "adapter", "rules": rules}]) == []
 
 
-def test_promtool_check_rules_passes_on_the_alerts():
+def test_promtool_check_rules_passes_on_the_alerts(promtool):
     assert validator.check_rules(yaml.safe_load(RULES.read_text())["spec"]["groups"]) == []
 
 
-def test_promtool_check_rules_catches_broken_promql():
+def test_promtool_check_rules_catches_broken_promql(promtool):
     broken = [{"name": "g", "rules": [{"alert": "A", "expr": "sum(rate(vae_x[5m])"}]}]
     assert validator.check_rules(broken)
 
 
-def test_promtool_unit_tests_of_the_alerts_pass(tmp_path):
+def test_promtool_unit_tests_of_the_alerts_pass(tmp_path, promtool):
     spec = yaml.safe_load(RULES.read_text())["spec"]
     (tmp_path / "rules.yaml").write_text(yaml.safe_dump({"groups": spec["groups"]}))
     shutil.copy(ALERT_TESTS, tmp_path / ALERT_TESTS.name)
     result = subprocess.run(
-        [validator.promtool(), "test", "rules", str(tmp_path / ALERT_TESTS.name)],
+        [promtool, "test", "rules", str(tmp_path / ALERT_TESTS.name)],
         capture_output=True,
         text=True,
         check=False,
@@ -333,6 +344,7 @@ def test_dashboard_uses_no_process_collector_metrics():
 
 @pytest.fixture(scope="module")
 def monitoring_objects() -> list[dict[str, Any]]:
+    require_tool("kubectl", "kustomize")
     return validator.render("monitoring")
 
 
@@ -358,7 +370,7 @@ def test_monitoring_lives_in_the_servers_namespace(monitoring_objects):
     }
 
 
-def test_alerts_select_the_job_the_service_monitor_scrapes():
+def test_alerts_select_the_job_the_service_monitor_scrapes(kustomize):
     # Without jobLabel, the Prometheus Operator names the job after the scraped Service.
     monitor = one(validator.render("overlays/gpu"), "ServiceMonitor")
     assert "jobLabel" not in monitor["spec"]
@@ -366,13 +378,13 @@ def test_alerts_select_the_job_the_service_monitor_scrapes():
     assert jobs == {"vae-serve"}
 
 
-def test_validator_rejects_a_prometheus_rule_with_broken_promql(monitoring_objects):
+def test_validator_rejects_a_prometheus_rule_with_broken_promql(monitoring_objects, promtool):
     rule = json.loads(json.dumps(one(monitoring_objects, "PrometheusRule")))
     rule["spec"]["groups"][0]["rules"][0]["expr"] = "rate(vae_requests_total[5m]"
     assert validator.validate_object(rule)
 
 
-def test_validator_rejects_a_field_the_prometheus_rule_crd_lacks(monitoring_objects):
+def test_validator_rejects_a_field_the_prometheus_rule_crd_lacks(monitoring_objects, promtool):
     rule = json.loads(json.dumps(one(monitoring_objects, "PrometheusRule")))
     rule["spec"]["groups"][0]["rules"][0]["severity"] = "page"
     assert validator.validate_object(rule)

@@ -15,9 +15,8 @@ from training.experiments.runner import (
     STUDIES,
     UnknownStudy,
     main,
-    parser,
+    parse_settings,
     run_study,
-    settings_from_args,
 )
 
 TINY_FLAGS = [
@@ -132,11 +131,11 @@ def test_markdown_table_shows_missing_figures_as_a_dash() -> None:
 
 
 def test_quick_mode_sets_the_small_run_and_flags_override_it() -> None:
-    quick = settings_from_args(parser().parse_args(["beta", "--quick"]))
+    quick = parse_settings(["beta", "--quick"])[1]
     assert (quick.quick, quick.epochs, quick.train_subset) == (True, 2, 10_000)
-    custom = settings_from_args(parser().parse_args(["beta", "--quick", "--epochs", "3"]))
+    custom = parse_settings(["beta", "--quick", "--epochs", "3"])[1]
     assert custom.epochs == 3
-    full = settings_from_args(parser().parse_args(["beta"]))
+    full = parse_settings(["beta"])[1]
     assert (full.quick, full.epochs, full.train_subset) == (False, 10, 0)
 
 
@@ -147,7 +146,7 @@ def test_an_unknown_study_is_refused_with_the_allowed_names(capsys) -> None:
         "ae-vs-vae, beta, latent-size, cvae, likelihood, annealing, all" in capsys.readouterr().err
     )
     with pytest.raises(UnknownStudy, match="latent-size"):
-        run_study("betas", settings_from_args(parser().parse_args(["beta"])))
+        run_study("betas", parse_settings(["beta"])[1])
 
 
 def test_vae_train_experiment_refuses_an_unknown_study_and_lists_the_studies(capsys):

@@ -6,6 +6,7 @@ import contextlib
 import io
 import os
 import pickle
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -16,9 +17,9 @@ import torch
 from export.cli import main
 from export.parity import ParityError
 from export.pipeline import export_checkpoint
-from server.model_store import ModelStore
+from server.inference.sessions import RuntimeOptions
+from server.inference.store import ModelStore
 from server.repository import ModelMetadata, RepositoryError, list_versions
-from server.runtime import RuntimeOptions
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -33,12 +34,56 @@ class Payload:
         return (Path.touch, (self.marker,))
 
 
-def test_corrupt_checkpoint_fails_with_a_clear_reason(tmp_path):
+def _evil_zip(path: Path) -> None:
+    torch.save({"format": "vae-service-checkpoint", "payload": Payload(path.parent / "ran")}, path)
+
+
+def _good_prefix(path: Path, trained: Path) -> None:
+    path.write_bytes((trained / "best.pt").read_bytes()[:20_000])  # a copy cut short
+
+
+# (name, how to write the file, the words its one-line reason must hold)
+BAD_CHECKPOINTS = [
+    ("empty", lambda p, _: p.write_bytes(b""), "empty file (0 bytes), not a checkpoint"),
+    ("truncated", _good_prefix, "truncated or corrupt (20000 bytes"),
+    ("zip magic only", lambda p, _: p.write_bytes(b"PK\x03\x04 no zip"), "truncated or corrupt"),
+    ("text", lambda p, _: p.write_text("hello\n"), "not a vae-train checkpoint (neither"),
+    ("pickle", lambda p, _: p.write_bytes(pickle.dumps({"a": 1})), "(a pickle stream;"),
+    ("objects", lambda p, _: _evil_zip(p), "holds Python objects besides tensors"),
+    (
+        "foreign zip",
+        lambda p, _: __import__("zipfile").ZipFile(p, "w").close(),
+        "not a vae-train checkpoint",
+    ),
+]
+
+
+@pytest.mark.parametrize(
+    ("name", "write", "words"), BAD_CHECKPOINTS, ids=[b[0] for b in BAD_CHECKPOINTS]
+)
+def test_a_bad_checkpoint_fails_with_one_line_in_our_words(
+    tmp_path, trained_runs, name, write, words
+):
     checkpoint = tmp_path / "run" / "best.pt"
     checkpoint.parent.mkdir()
-    checkpoint.write_bytes(b"PK\x03\x04 this is not a zip archive")
+    write(checkpoint, trained_runs.vae)
     result = export_checkpoint(checkpoint, tmp_path / "repo")
-    assert (result.status, "not a readable PyTorch checkpoint" in result.detail) == ("failed", True)
+    assert result.status == "failed" and words in result.detail, result.detail
+    # PyTorch's own text (its advice to load with weights_only=False) never reaches the user.
+    assert "weights_only" not in result.detail and "\n" not in result.detail
+    assert not (tmp_path / "run" / "ran").exists()
+
+
+def test_the_export_table_gives_each_bad_checkpoint_a_reason_and_no_traceback(tmp_path, capsys):
+    for name, content in (("empty", b""), ("text", b"hello\n"), ("random", os.urandom(4096))):
+        (tmp_path / "runs" / name).mkdir(parents=True)
+        (tmp_path / "runs" / name / "best.pt").write_bytes(content)
+    assert main([str(tmp_path / "runs"), "--repository", str(tmp_path / "repo")]) == 1
+    rows = [line for line in capsys.readouterr().out.splitlines() if line.startswith("failed")]
+    reasons = {row.split()[1]: row.partition("  (")[2] for row in rows}
+    assert set(reasons) == {"empty", "text", "random"}
+    assert reasons["empty"].startswith("empty file (0 bytes)")
+    assert all(r and "weights_only" not in r and str(tmp_path) not in r for r in reasons.values())
 
 
 def test_foreign_torch_file_is_refused_as_not_a_vae_train_checkpoint(tmp_path):
@@ -46,14 +91,6 @@ def test_foreign_torch_file_is_refused_as_not_a_vae_train_checkpoint(tmp_path):
     torch.save({"state_dict": {"fc.weight": torch.zeros(2, 2)}}, checkpoint)
     result = export_checkpoint(checkpoint, tmp_path / "repo")
     assert "not a checkpoint written by vae-train" in result.detail
-
-
-def test_non_checkpoint_pickle_is_refused_by_weights_only_loading(tmp_path):
-    checkpoint = tmp_path / "evil.pt"
-    marker = tmp_path / "code-ran"
-    torch.save({"format": "vae-service-checkpoint", "payload": Payload(marker)}, checkpoint)
-    result = export_checkpoint(checkpoint, tmp_path / "repo")
-    assert "weights_only loading refuses" in result.detail
 
 
 def test_non_checkpoint_pickle_runs_no_code(tmp_path):
@@ -159,8 +196,12 @@ def test_server_loads_nothing_from_a_crashed_export(crashed_repository):
     assert (store.names(), store.failures) == ([], [])
 
 
-def test_export_after_a_crash_takes_version_1(crashed_repository, trained_runs, mnist_dir):
-    result = export_checkpoint(trained_runs.vae / "best.pt", crashed_repository, data_dir=mnist_dir)
+def test_export_after_a_crash_takes_version_1(
+    crashed_repository, trained_runs, mnist_dir, tmp_path
+):
+    repository = tmp_path / "repo"  # a copy: the other tests look at the crash as it was left
+    shutil.copytree(crashed_repository, repository)
+    result = export_checkpoint(trained_runs.vae / "best.pt", repository, data_dir=mnist_dir)
     assert (result.status, result.version) == ("exported", 1)
 
 

@@ -22,8 +22,8 @@ from torch import nn
 from export.onnx_export import OPSET, RANDOM_OPS
 from export.parity import DEFAULT_TOLERANCE
 from export.pipeline import export_checkpoint
+from server.inference.sessions import ModelSessions, RuntimeOptions
 from server.repository import ModelMetadata, read_metadata
-from server.runtime import ModelRuntime, RuntimeOptions
 from training.checkpoint import save_checkpoint, sha256_file
 from training.data import load_idx_split
 from training.evaluation import evaluate
@@ -202,7 +202,7 @@ def _inputs(exported: Exported, count: int, seed: int = 1):
 
 def _runtime_vs_torch(exported: Exported, count: int) -> tuple[float, float]:
     """Largest |server runtime - PyTorch| over encoder outputs and decoder outputs, on new inputs."""
-    runtime = ModelRuntime(exported.version_dir, CPU)
+    runtime = ModelSessions(exported.version_dir, CPU)
     images, latents, labels = _inputs(exported, count)
     np_labels = None if labels is None else labels.numpy()
     with torch.no_grad():
@@ -287,7 +287,7 @@ def test_batchnorm_runs_with_its_running_statistics(exported):
     """In train mode BatchNorm would normalise by the batch; the graph must match eval mode only."""
     if not any(isinstance(m, nn.modules.batchnorm._BatchNorm) for m in exported.model.modules()):
         pytest.skip(f"{exported.model.config.architecture} has no BatchNorm")
-    runtime = ModelRuntime(exported.version_dir, CPU)
+    runtime = ModelSessions(exported.version_dir, CPU)
     _, latents, labels = _inputs(exported, 16)
     with torch.no_grad():  # a copy: a train-mode pass would also move the running statistics
         train_mode = copy.deepcopy(exported.model).train().decode(latents, labels)

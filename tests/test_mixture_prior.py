@@ -10,7 +10,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from server import latent
+from server.dataplane import latent_space
 from server.repository import (
     MIXTURE_FILE,
     GaussianMixture,
@@ -54,17 +54,17 @@ def _version(tmp_path: Path, mixture: GaussianMixture | None) -> tuple[Path, Mod
 
 def test_same_seed_gives_the_same_mixture_draws():
     mixture = _mixture()
-    first = latent.draw_latents(latent.prior_generator(7), 50, 4, 1.0, mixture)
-    again = latent.draw_latents(latent.prior_generator(7), 50, 4, 1.0, mixture)
-    other = latent.draw_latents(latent.prior_generator(8), 50, 4, 1.0, mixture)
+    first = latent_space.draw_latents(latent_space.prior_generator(7), 50, 4, 1.0, mixture)
+    again = latent_space.draw_latents(latent_space.prior_generator(7), 50, 4, 1.0, mixture)
+    other = latent_space.draw_latents(latent_space.prior_generator(8), 50, 4, 1.0, mixture)
     assert np.array_equal(first, again) and not np.array_equal(first, other)
 
 
 def test_mixture_draws_in_chunks_equal_one_draw():
     mixture = _mixture()
-    whole = latent.draw_mixture(latent.prior_generator(3), 100, mixture)
-    rng = latent.prior_generator(3)
-    chunks = [latent.draw_mixture(rng, rows, mixture) for rows in (1, 33, 7, 59)]
+    whole = latent_space.draw_mixture(latent_space.prior_generator(3), 100, mixture)
+    rng = latent_space.prior_generator(3)
+    chunks = [latent_space.draw_mixture(rng, rows, mixture) for rows in (1, 33, 7, 59)]
     assert np.array_equal(np.concatenate(chunks), whole)
 
 
@@ -72,7 +72,7 @@ def test_components_are_drawn_in_proportion_to_their_weights():
     weights = np.array([0.7, 0.2, 0.1])
     means = np.array([[-100.0], [0.0], [100.0]])
     mixture = GaussianMixture(weights, means, np.ones((3, 1, 1)) * 0.01)
-    z = latent.draw_mixture(latent.prior_generator(0), 40_000, mixture)[:, 0]
+    z = latent_space.draw_mixture(latent_space.prior_generator(0), 40_000, mixture)[:, 0]
     shares = [np.mean(z < -50), np.mean(np.abs(z) < 50), np.mean(z > 50)]
     assert np.allclose(shares, weights, atol=0.01)
 
@@ -80,26 +80,30 @@ def test_components_are_drawn_in_proportion_to_their_weights():
 def test_a_component_draws_its_mean_and_covariance():
     scale = np.array([[[2.0, 0.0], [1.0, 0.5]]])  # covariance [[4, 2], [2, 1.25]]
     mixture = GaussianMixture(np.ones(1), np.array([[5.0, -1.0]]), scale)
-    z = latent.draw_mixture(latent.prior_generator(1), 50_000, mixture).astype(np.float64)
+    z = latent_space.draw_mixture(latent_space.prior_generator(1), 50_000, mixture).astype(
+        np.float64
+    )
     assert np.allclose(z.mean(axis=0), [5.0, -1.0], atol=0.05)
     assert np.allclose(np.cov(z, rowvar=False), scale[0] @ scale[0].T, atol=0.08)
 
 
 def test_temperature_scales_each_components_spread_not_its_mean():
     mixture = GaussianMixture(np.ones(1), np.array([[3.0, 3.0]]), np.eye(2)[None] * 2.0)
-    z = latent.draw_mixture(latent.prior_generator(2), 40_000, mixture, temperature=0.25)
+    z = latent_space.draw_mixture(
+        latent_space.prior_generator(2), 40_000, mixture, temperature=0.25
+    )
     assert np.allclose(z.mean(axis=0), 3.0, atol=0.02)
     assert np.allclose(z.std(axis=0), 0.5, atol=0.01)
 
 
 def test_without_a_mixture_draws_are_the_standard_normal_ones():
-    drawn = latent.draw_latents(latent.prior_generator(5), 6, 4, 0.5)
-    assert np.array_equal(drawn, latent.sample_prior(6, 4, seed=5, temperature=0.5))
+    drawn = latent_space.draw_latents(latent_space.prior_generator(5), 6, 4, 0.5)
+    assert np.array_equal(drawn, latent_space.sample_prior(6, 4, seed=5, temperature=0.5))
 
 
 def test_a_mixture_of_another_latent_size_is_refused():
     with pytest.raises(ValueError, match="mixture is over 4 dimensions, the model has 8"):
-        latent.draw_latents(latent.prior_generator(0), 2, 8, 1.0, _mixture(d=4))
+        latent_space.draw_latents(latent_space.prior_generator(0), 2, 8, 1.0, _mixture(d=4))
 
 
 # --- prior.npz ----------------------------------------------------------------------------------

@@ -11,9 +11,9 @@ import grpc
 import numpy as np
 import pytest
 
-from server.batching import Batcher, BatchingConfig
 from server.codecs import tensor_to_numpy
 from server.errors import ResourceExhausted
+from server.inference.batching import Batcher, BatchingConfig
 from tests.server_helpers import (
     metric,
     running_server,
@@ -273,7 +273,7 @@ def test_a_full_queue_answers_resource_exhausted_at_once(repository: Path):
 
 
 def test_per_model_batching_overrides_the_server_default(repository: Path):
-    from server.app import VaeServer
+    from server.process.app import VaeServer
 
     config = settings(
         repository,

@@ -15,6 +15,7 @@ from server.codecs import images_to_uint8, tensor_to_numpy, tensor_to_proto
 from server.proto_gen.vae.v1 import vae_pb2, vae_pb2_grpc
 from tests.conftest import free_port
 from tests.server_helpers import running_server, settings
+from tests.system_tools import require_tool
 
 U8 = vae_pb2.IMAGE_FORMAT_UINT8
 
@@ -225,13 +226,11 @@ def test_reflection_v1_describes_a_service(channel, symbol):
 
 
 def test_the_health_port_answers_in_plaintext_beside_a_tls_port(repository, tmp_path):
-    import shutil
     import subprocess
 
-    if shutil.which("openssl") is None:
-        pytest.skip("needs the openssl command")
+    openssl = require_tool("openssl")
     subprocess.run(
-        ["openssl", "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-keyout", "key.pem",
+        [openssl, "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-keyout", "key.pem",
          "-out", "cert.pem", "-days", "1", "-subj", "/CN=localhost"],
         cwd=tmp_path, check=True, capture_output=True, timeout=60,
     )  # fmt: skip

@@ -10,6 +10,7 @@ from grpc_reflection.v1alpha import reflection_pb2, reflection_pb2_grpc
 
 from server.codecs import tensor_to_numpy, tensor_to_proto
 from server.proto_gen.vae.v1 import vae_pb2, vae_pb2_grpc
+from tests.server_helpers import wait_until
 from training.data import load_idx_split
 
 
@@ -406,9 +407,14 @@ def test_metrics_count_requests_by_rpc_model_and_code(stub, live_server):
     stub.Sample(vae_pb2.SampleRequest(model=ref(), count=3, seed=1))
     with pytest.raises(grpc.RpcError):
         stub.Sample(vae_pb2.SampleRequest(model=ref(), count=0))
-    after = _scrape(live_server)
     ok = 'vae_requests_total{code="OK",model="tiny-vae",rpc="Sample"}'
     bad = 'vae_requests_total{code="INVALID_ARGUMENT",model="tiny-vae",rpc="Sample"}'
+    # A refused call is counted after its status went out (server/fronts/calls.py counts in `finally`,
+    # behind context.abort), so on a loaded machine the client may scrape first: wait for it.
+    wait_until(
+        lambda: _value(_scrape(live_server), bad) >= _value(before, bad) + 1, what="the refusal"
+    )
+    after = _scrape(live_server)
     assert _value(after, ok) == _value(before, ok) + 1
     assert _value(after, bad) == _value(before, bad) + 1
     samples = 'vae_samples_generated_total{model="tiny-vae"}'

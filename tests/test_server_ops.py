@@ -17,9 +17,9 @@ import grpc
 import pytest
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
-from server.batching import BatchingConfig
+from server.inference.batching import BatchingConfig
+from server.process.settings import build_parser
 from server.proto_gen.vae.v1 import vae_pb2_grpc
-from server.settings import build_parser
 from tests.conftest import free_port
 from tests.server_helpers import (
     running_server,
@@ -48,7 +48,7 @@ def serve_process(repository: Path, tmp_path: Path, *flags: str) -> Iterator[Ser
     command = [
         sys.executable,
         "-m",
-        "server.cli",
+        "server.process.cli",
         f"--repository={repository}",
         "--host=127.0.0.1",
         "--port=0",
@@ -102,7 +102,7 @@ def test_require_gpu_refuses_to_start_on_a_cpu_machine(repository, tmp_path):
     command = [
         sys.executable,
         "-m",
-        "server.cli",
+        "server.process.cli",
         f"--repository={repository}",
         "--port=0",
         "--metrics-port=0",
@@ -179,7 +179,7 @@ def test_a_bad_model_batching_option_says_what_is_allowed(capsys):
 def test_the_server_and_client_import_without_torch():
     code = (
         "import sys; sys.modules['torch'] = None\n"
-        "import server.app, server.cli, client.api, client.cli, client.bench, client.noop_server\n"
+        "import server.process.app, server.process.cli, client.api, client.cli, client.bench, client.noop_server\n"
         "print('ok')"
     )
     env = {**os.environ, "PYTHONPATH": str(ROOT)}

@@ -13,8 +13,8 @@ import pytest
 
 from client.api import VaeClient
 from client.cli import main as client_main
-from server import latent
 from server.codecs import tensor_to_numpy
+from server.dataplane import latent_space
 from server.proto_gen.vae.v1 import vae_pb2
 from server.repository import MIXTURE_FILE, GaussianMixture
 from tests.server_helpers import running_server, sample_request, settings, stub_for
@@ -38,7 +38,7 @@ def test_mixture_samples_are_the_decoded_mixture_draws_of_the_seed(client, repos
     images, latents, seed = client.sample(6, seed=11, prior="mixture", model="tiny-vae")
     with np.load(repository / "tiny-vae" / "1" / MIXTURE_FILE, allow_pickle=False) as npz:
         mixture = GaussianMixture.from_arrays(dict(npz), latent_dim=8)
-    expected = latent.draw_mixture(latent.prior_generator(11), 6, mixture)
+    expected = latent_space.draw_mixture(latent_space.prior_generator(11), 6, mixture)
     assert seed == 11 and np.array_equal(latents, expected)
     assert np.array_equal(images, client.decode(expected, model="tiny-vae"))
 
@@ -131,7 +131,7 @@ def mixed_server(mixed_repository):
 
 def test_a_corrupt_mixture_file_skips_its_version_with_a_clear_log(mixed_repository, caplog):
     with (
-        caplog.at_level(logging.ERROR, logger="server.model_store"),
+        caplog.at_level(logging.ERROR, logger="server.inference.store"),
         running_server(settings(mixed_repository)) as server,
     ):
         assert server.store.versions("tiny-vae") == [1, 2]

@@ -11,7 +11,7 @@ from pathlib import Path
 import grpc
 import pytest
 
-from server.batching import BatchingConfig
+from server.inference.batching import BatchingConfig
 from server.proto_gen.vae.v1 import vae_pb2
 from tests.server_helpers import (
     add_version,
@@ -172,7 +172,7 @@ def test_a_model_added_by_a_reload_reports_serving_in_health(server):
 
 
 def test_a_server_that_never_started_stops_cleanly(repository: Path) -> None:
-    from server.app import VaeServer
+    from server.process.app import VaeServer
 
     server = VaeServer(settings(repository, BatchingConfig()))
     server.stop(grace=0.1)  # e.g. after start() failed: nothing to drain, nothing raised

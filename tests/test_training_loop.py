@@ -13,10 +13,11 @@ from training import reporting
 from training import train as train_module
 from training.batching import load_data
 from training.checkpoint import load_checkpoint, model_from_checkpoint
+from training.config import TrainConfig
 from training.data import DatasetNotFound
 from training.evaluation import evaluate, iwae_nll
 from training.models import ModelConfig
-from training.train import NonFiniteLoss, TrainConfig, train
+from training.train import NonFiniteLoss, train
 
 
 def tiny(run_dir: Path, data_dir: Path, **overrides) -> TrainConfig:

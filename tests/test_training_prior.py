@@ -8,11 +8,13 @@ import shutil
 
 import numpy as np
 import pytest
+import torch
 
+from training import prior as prior_module
 from training.checkpoint import sha256_file
 from training.cli import main as vae_train
+from training.config import TrainConfig
 from training.prior import fit_mixture, load_mixture, sample_mixture
-from training.train import TrainConfig
 
 
 def _clusters(count: int, seed: int) -> np.ndarray:
@@ -88,3 +90,28 @@ def test_vae_train_prior_refits_exactly_the_mixture_training_wrote(trained_runs,
     refit, _, _ = load_mixture(run / "best.prior.npz")
     written, _, _ = load_mixture(trained_runs.vae / "best.prior.npz")
     assert all(np.array_equal(refit[name], written[name]) for name in written)
+
+
+def test_the_fit_runs_on_one_thread_whatever_the_process_set(trained_runs, tmp_path, monkeypatch):
+    """How a sum is split between threads changes its last bits, so the fit holds torch, BLAS and
+    OpenMP to one thread each, and gives back the thread count it found."""
+    from threadpoolctl import threadpool_info
+
+    seen = []
+    real_fit = prior_module.fit_mixture
+
+    def watched_fit(*args, **kwargs):
+        seen.append((torch.get_num_threads(), {pool["num_threads"] for pool in threadpool_info()}))
+        return real_fit(*args, **kwargs)
+
+    monkeypatch.setattr(prior_module, "fit_mixture", watched_fit)
+    run = tmp_path / "run"
+    shutil.copytree(trained_runs.vae, run)
+    before = torch.get_num_threads()
+    torch.set_num_threads(2)
+    try:
+        assert vae_train(["prior", str(run)]) == 0
+        after = torch.get_num_threads()
+    finally:
+        torch.set_num_threads(before)
+    assert seen == [(1, {1})] and after == 2

@@ -69,7 +69,7 @@ def test_the_same_seed_and_temperature_give_the_same_latents(fitted):
 
 
 def test_the_noise_is_drawn_as_the_server_draws_n01_latents():
-    from server.latent import sample_prior
+    from server.dataplane.latent_space import sample_prior
 
     assert np.array_equal(noise(5, 6, seed=3, temperature=0.7), sample_prior(5, 6, 3, 0.7))
 
@@ -133,27 +133,39 @@ def test_a_bad_prior_setting_is_refused_before_training(mnist_dir, tmp_path):
 
 
 @pytest.mark.parametrize(
-    ("variable", "value", "message"),
+    ("command", "variable", "value", "flag", "allowed"),
     [
-        ("VAE_PRIOR_KIND", "flow", "VAE_PRIOR_KIND='flow': expected one of mixture, two-stage"),
-        ("VAE_PRIOR_FIT", "modes", "VAE_PRIOR_FIT='modes': expected one of draws, means"),
-        (
-            "VAE_TWO_STAGE_EPOCHS",
-            "many",
-            "VAE_TWO_STAGE_EPOCHS='many': expected an integer, like '200'",
-        ),
-        (
-            "VAE_QUALITY_SEEDS",
-            "a b",
-            "VAE_QUALITY_SEEDS='a b': expected one or more ints, like '0 1 2'",
-        ),
+        ("prior", "VAE_PRIOR_KIND", "flow", "--kind", "one of mixture, two-stage"),
+        ("prior", "VAE_PRIOR_FIT", "modes", "--fit-to", "one of draws, means"),
+        ("prior", "VAE_TWO_STAGE_EPOCHS", "many", "--epochs", "an integer of at least 1"),
+        ("quality", "VAE_QUALITY_SEEDS", "a b", "--seeds", "one or more integers"),
+        ("quality", "VAE_QUALITY_TEMPERATURES", "hot", "--temperatures", "positive numbers"),
     ],
 )
 def test_a_bad_variable_exits_2_with_one_line_naming_it(
-    monkeypatch, capsys, variable, value, message
+    monkeypatch, capsys, command, variable, value, flag, allowed
 ):
     monkeypatch.setenv(variable, value)
     with pytest.raises(SystemExit) as exit_info:
-        vae_train(["prior", "runs/none"])
+        vae_train([command, "runs/none"])
     assert exit_info.value.code == 2
-    assert capsys.readouterr().err.strip() == f"vae-train: {message}"
+    error = capsys.readouterr().err.strip()
+    assert "\n" not in error
+    assert error.startswith(f"vae-train {command}: {variable}={value!r} (for {flag}): expected")
+    assert allowed in error
+
+
+def test_the_command_lines_defaults_are_the_trainers():
+    """vae-train's parser keeps its own copies (parsing imports no torch): they must agree."""
+    from training import prior, subcommands
+    from training.two_stage import TwoStageConfig
+
+    config = TwoStageConfig()
+    assert {
+        "hidden_dims": config.hidden_dims,
+        "epochs": config.epochs,
+        "batch_size": config.batch_size,
+        "learning_rate": config.learning_rate,
+    } == subcommands.TWO_STAGE_DEFAULTS
+    assert subcommands.DEFAULT_DRAWS == prior.DEFAULT_DRAWS
+    assert subcommands.DEFAULT_COMPONENTS == prior.DEFAULT_COMPONENTS

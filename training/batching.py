@@ -4,6 +4,7 @@ sharded across data-parallel ranks."""
 
 from __future__ import annotations
 
+import os
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -12,9 +13,9 @@ import torch
 from torch.utils.data import DataLoader, DistributedSampler
 
 from training.data import DATASETS, TensorDataset, train_val_test
-from training.images import ImageFiles, celeba_splits
+from training.images import IMAGE_DATASETS, ImageFiles, celeba_splits
 
-IMAGE_DATASETS = ("celeba",)
+MAX_AUTO_WORKERS = 4  # image decoding and a 148 -> 64 resize: a few workers keep a GPU fed
 ALL_DATASETS = (*sorted(DATASETS), *IMAGE_DATASETS)
 Batch = tuple[torch.Tensor, torch.Tensor]  # images (B, C, H, W) float32, labels (B,) int64
 
@@ -50,6 +51,16 @@ class TensorBatches:
             yield self.data.images[index], self.data.labels[index]
 
 
+def loader_workers(requested: int) -> int:
+    """DataLoader workers: `requested`, or for -1 one per core this process may run on, at most
+    MAX_AUTO_WORKERS (more workers than cores only contend, and torch warns about it)."""
+    if requested < -1:
+        raise ValueError(f"num_workers {requested}: use -1 (one per core) or a count of 0 or more")
+    if requested >= 0:
+        return requested
+    return min(MAX_AUTO_WORKERS, len(os.sched_getaffinity(0)))
+
+
 class LoaderBatches:
     """Batches of an image folder from a DataLoader with workers, moved to `device`."""
 
@@ -57,8 +68,10 @@ class LoaderBatches:
         self, data: ImageFiles, batch_size: int, shuffle: bool, device: torch.device,
         seed: int = 0, rank: int = 0, world_size: int = 1, num_workers: int = 2,
     ) -> None:  # fmt: skip
+        # drop_last: equal shares by leaving out the remainder, as TensorBatches does, rather than
+        # padding the last share with repeats, which would train on some images twice an epoch.
         self.sampler = DistributedSampler(
-            data, num_replicas=world_size, rank=rank, shuffle=shuffle, seed=seed
+            data, num_replicas=world_size, rank=rank, shuffle=shuffle, seed=seed, drop_last=True
         )
         self.loader = DataLoader(
             data,
@@ -98,7 +111,7 @@ def load_data(config, device: torch.device, rank: int = 0, world_size: int = 1) 
         train_files = splits.train
         if config.train_subset:
             train_files = ImageFiles(train_files.files[: config.train_subset])
-        workers = config.num_workers
+        workers = loader_workers(config.num_workers)
 
         def loader(files: ImageFiles, shuffle: bool, world: int = 1, rank_: int = 0):
             size = config.batch_size if shuffle else config.eval_batch_size

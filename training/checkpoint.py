@@ -39,16 +39,11 @@ def save_checkpoint(path: Path, payload: dict[str, Any]) -> None:
 
 
 def load_checkpoint(path: Path) -> dict[str, Any]:
-    """Load and validate a checkpoint without unpickling arbitrary objects."""
+    """Load and validate a checkpoint without unpickling arbitrary objects. Anything that is not a
+    checkpoint vae-train wrote raises CheckpointError with one line in this project's words."""
     if not path.is_file():
         raise CheckpointError(f"{path}: no such checkpoint file")
-    try:
-        document = torch.load(path, map_location="cpu", weights_only=True)
-    except (pickle.UnpicklingError, zipfile.BadZipFile, RuntimeError, EOFError, OSError) as exc:
-        raise CheckpointError(
-            f"{path}: not a readable PyTorch checkpoint (corrupt, truncated, or it holds objects "
-            f"that weights_only loading refuses): {exc}"
-        ) from exc
+    document = _read_torch_file(path)
     if not isinstance(document, dict) or document.get("format") != CHECKPOINT_FORMAT:
         raise CheckpointError(
             f"{path}: a PyTorch file, but not a checkpoint written by vae-train "
@@ -63,6 +58,48 @@ def load_checkpoint(path: Path) -> dict[str, Any]:
         if key not in document:
             raise CheckpointError(f"{path}: checkpoint has no {key!r}")
     return document
+
+
+def _read_torch_file(path: Path) -> Any:
+    """torch.load(weights_only=True) of a file that is first checked to be a whole zip archive, the
+    format torch.save has written since PyTorch 1.6: PyTorch's own errors for other files range from
+    a KeyError to advice about loading code it would then run, so none of its text is passed on."""
+    size = path.stat().st_size
+    if size == 0:
+        raise CheckpointError(
+            f"{path}: empty file (0 bytes), not a checkpoint; was it copied or written while "
+            "training was still saving it? vae-train replaces its checkpoints in one step"
+        )
+    with open(path, "rb") as handle:
+        head = handle.read(4)
+    if head != b"PK\x03\x04":
+        kind = "a pickle stream" if head[:1] == b"\x80" else "neither a zip archive nor a pickle"
+        raise CheckpointError(
+            f"{path}: not a vae-train checkpoint ({kind}; vae-train writes PyTorch's zip format); "
+            "it was not loaded"
+        )
+    try:
+        with zipfile.ZipFile(path) as archive:
+            damaged = archive.testzip()
+    except (zipfile.BadZipFile, OSError, EOFError):
+        damaged = "the archive's index"
+    if damaged is not None:
+        raise CheckpointError(
+            f"{path}: truncated or corrupt ({size} bytes; {damaged} cannot be read): copy or "
+            "write the checkpoint again"
+        )
+    try:
+        return torch.load(path, map_location="cpu", weights_only=True)
+    except pickle.UnpicklingError:
+        raise CheckpointError(
+            f"{path}: holds Python objects besides tensors and plain values, which this project "
+            "refuses to load because loading them could run code; not a vae-train checkpoint"
+        ) from None
+    except Exception as exc:  # anything else PyTorch trips over inside a well-formed archive
+        raise CheckpointError(
+            f"{path}: a zip archive that PyTorch cannot read as a checkpoint "
+            f"({type(exc).__name__}); not a vae-train checkpoint, or a damaged one"
+        ) from None
 
 
 def model_from_checkpoint(document: dict[str, Any]) -> GenerativeModel:

@@ -26,6 +26,7 @@ from training.prior import (
     DEFAULT_DRAWS,
     FittedMixture,
     fit_codes_prior,
+    one_thread,
     sample_mixture,
 )
 
@@ -169,10 +170,12 @@ def fit_checkpoint_class_prior(
     """Fit the per-class mixtures of a conditional `checkpoint` to the posteriors of `data` (the
     run's DataBundle), the validation split held out; write them beside the checkpoint."""
     model = model_from_checkpoint(load_checkpoint(checkpoint)).to(device)
-    codes, heldout = split_codes(model, data)
-    fitted = fit_class_priors(
-        codes, heldout, model.config.num_classes, components, covariance_type, seed, fit_to, draws
-    )
+    with one_thread():  # the same arrays whatever the thread count (training/prior.py)
+        codes, heldout = split_codes(model, data)
+        fitted = fit_class_priors(
+            codes, heldout, model.config.num_classes, components, covariance_type, seed, fit_to,
+            draws,
+        )  # fmt: skip
     path = class_prior_path(checkpoint)
     save_class_mixtures(path, fitted, sha256_file(checkpoint))
     return path, fitted

@@ -9,20 +9,20 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
-import json
-import os
 import sys
 from collections.abc import Callable
 from pathlib import Path
-from typing import Any, NoReturn, TypeVar
+from typing import Any, TypeVar
+
+from server import options as opt  # stdlib-only: the one module of server/ training may import
+from server.options import StrictParser
+from training.cli_options import add_fields, converter
 
 # Top-level modules of the `train` extra (pyproject.toml): vae-train and vae-export need them.
 TRAIN_EXTRA_MODULES = frozenset(
     {"torch", "torchvision", "onnx", "onnxscript", "onnxconverter_common", "onnxslim", "yaml"}
     | {"matplotlib", "tqdm", "tensorboard"}
 )
-TRUE_WORDS = ("true", "1", "yes", "on")  # the same words as the server's (server/options.py)
-FALSE_WORDS = ("false", "0", "no", "off")
 
 T = TypeVar("T")
 
@@ -60,44 +60,11 @@ def import_or_explain(prog: str, load: Callable[[], T]) -> T:
         raise SystemExit(2) from None
 
 
-class _Parser(argparse.ArgumentParser):
-    def error(self, message: str) -> NoReturn:
-        """argparse's mistakes on one line, without the usage."""
-        self.exit(2, f"{self.prog}: {message.removeprefix('argument ')} (see {self.prog} --help)\n")
-
-
-def _flag(name: str) -> str:
-    return "--" + name.replace("_", "-")
-
-
-def _env(name: str) -> str:
-    return "VAE_" + name.upper()
-
-
-def _add_fields(parser: argparse.ArgumentParser, config: object, prefix: str) -> None:
-    """One flag per dataclass field; values stay raw text (None when absent) until
-    config_from_args converts them, so flags, variables and YAML share one set of messages."""
-    group = parser.add_argument_group(prefix or "training")
-    for f in dataclasses.fields(config):  # type: ignore[arg-type]
-        default = getattr(config, f.name)
-        if dataclasses.is_dataclass(default):
-            continue
-        help_text = f"default {default!r} [{_env(f.name)}]"
-        if isinstance(default, tuple):
-            group.add_argument(_flag(f.name), nargs="+", default=None, help=help_text)
-        elif isinstance(default, bool):  # `--resume` alone means true; `--amp false` also works
-            group.add_argument(
-                _flag(f.name), nargs="?", const=True, default=None, metavar="BOOL", help=help_text
-            )
-        else:
-            group.add_argument(_flag(f.name), default=None, help=help_text)
-
-
-def build_parser() -> argparse.ArgumentParser:
+def build_parser() -> StrictParser:
+    from training.config import TrainConfig
     from training.models import ModelConfig
-    from training.train import TrainConfig
 
-    parser = _Parser(
+    parser = StrictParser(
         prog="vae-train",
         description="Train an autoencoder or VAE and write checkpoints, logs and figures to a run "
         "directory. Precedence: flags, then VAE_* variables, then --config, then defaults. "
@@ -105,64 +72,48 @@ def build_parser() -> argparse.ArgumentParser:
         "Other commands: `vae-train experiment <study>`, `vae-train classifier`, "
         "`vae-train prior <run-dir>`, `vae-train quality <run-dir>` (each has --help).",
     )
-    parser.add_argument("--config", type=Path, default=None, help="YAML file of fields to set")
-    _add_fields(parser, TrainConfig(), "")
-    _add_fields(parser, ModelConfig(), "model")
+    parser.option(
+        "--config",
+        opt.optional(opt.path),
+        None,
+        "YAML file of fields to set (model fields under `model:`); flags and variables win",
+        env="VAE_CONFIG",
+    )
+    add_fields(parser, TrainConfig(), "training")
+    add_fields(parser, ModelConfig(), "model")
     return parser
 
 
-def _boolean(value: str) -> bool:
-    lowered = value.strip().lower()
-    if lowered not in TRUE_WORDS + FALSE_WORDS:
-        raise ValueError("expected a boolean: true, false, 1, 0, yes, no, on or off")
-    return lowered in TRUE_WORDS
+def _yaml_text(value: Any, several: bool) -> str:
+    """A YAML value as the text a flag would have given, for the same converter."""
+    if several and isinstance(value, list):
+        if not all(isinstance(item, int | str) and not isinstance(item, bool) for item in value):
+            raise ValueError
+        return " ".join(map(str, value))
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    if isinstance(value, int | float | str):
+        return str(value)
+    raise ValueError
 
 
-def _convert(value: Any, default: Any) -> Any:
-    """`value` (text, or a YAML scalar or list) as the type of the field's default."""
-    if isinstance(default, tuple):
-        items = value.replace(",", " ").split() if isinstance(value, str) else value
-        try:
-            if not isinstance(items, list | tuple) or not items:
-                raise ValueError
-            return tuple(_convert(item, 0) for item in items)
-        except ValueError:
-            raise ValueError("expected one or more integers") from None
-    if isinstance(default, bool):
-        return value if isinstance(value, bool) else _boolean(str(value))
-    if isinstance(default, int):
-        if isinstance(value, bool) or (isinstance(value, float) and not value.is_integer()):
-            raise ValueError("expected an integer")
-        try:
-            return int(value.strip() if isinstance(value, str) else value)
-        except (TypeError, ValueError):
-            raise ValueError("expected an integer") from None
-    if isinstance(default, float):
-        try:
-            if isinstance(value, bool):
-                raise ValueError
-            return float(value)
-        except (TypeError, ValueError):
-            raise ValueError("expected a number") from None
-    if not isinstance(value, str | int | float) or isinstance(value, bool):
-        raise ValueError("expected text")
-    return str(value)
-
-
-def _coerce(value: Any, default: Any, where: str) -> Any:
+def _from_yaml(value: Any, default: Any, where: str) -> Any:
+    """A YAML value converted as its flag's text would be; ConfigError naming the field."""
+    convert = opt.boolean if isinstance(default, bool) else converter(default)
     try:
-        return _convert(value, default)
+        return convert(_yaml_text(value, isinstance(default, tuple)))
     except ValueError as exc:
-        if isinstance(default, bool):
-            raise ConfigError(f"{where}: {exc}") from None
-        example = " ".join(map(str, default)) if isinstance(default, tuple) else repr(default)
-        raise ConfigError(f"{where}: {exc} (like {example})") from None
+        allowed = str(exc) or (
+            "expected one or more integers" if isinstance(default, tuple) else "expected one value"
+        )
+        raise ConfigError(f"{where}: {allowed}") from None
 
 
-def config_from_args(args: argparse.Namespace) -> Any:
-    """Merge defaults < YAML < environment < flags into a TrainConfig; ConfigError on a mistake."""
+def config_from_args(args: argparse.Namespace, given: set[str]) -> Any:
+    """Merge defaults < YAML < environment < flags into a TrainConfig; ConfigError on a mistake in
+    the YAML. `given`: the fields the parser took from a flag or a variable (parse_config)."""
+    from training.config import TrainConfig
     from training.models import ModelConfig
-    from training.train import TrainConfig
 
     layers: dict[str, Any] = {}
     model_layers: dict[str, Any] = {}
@@ -180,24 +131,6 @@ def config_from_args(args: argparse.Namespace) -> Any:
             raise ConfigError(f"{args.config} must hold a mapping of field names to values")
         model_layers.update(loaded.pop("model", {}) or {})
         layers.update(loaded)
-    values = vars(args)
-    for target, template in ((layers, TrainConfig()), (model_layers, ModelConfig())):
-        for f in dataclasses.fields(template):
-            default = getattr(template, f.name)
-            if dataclasses.is_dataclass(default):
-                continue
-            if f.name in target:
-                where = f"{args.config}: field {f.name!r} = {target[f.name]!r}"
-                target[f.name] = _coerce(target[f.name], default, where)
-            env = os.environ.get(_env(f.name), "")
-            if env.strip():  # set but empty counts as unset
-                where = f"{_env(f.name)}={env!r} (for {_flag(f.name)})"
-                target[f.name] = _coerce(env, default, where)
-            given = values.get(f.name)
-            if given is not None:
-                shown = " ".join(given) if isinstance(given, list) else given
-                where = _flag(f.name) if given is True else f"{_flag(f.name)} {shown!r}"
-                target[f.name] = _coerce(given, default, where)
     known_train = {f.name for f in dataclasses.fields(TrainConfig)}
     known_model = {f.name for f in dataclasses.fields(ModelConfig)}
     unknown = (set(layers) - known_train) | (set(model_layers) - known_model)
@@ -206,17 +139,36 @@ def config_from_args(args: argparse.Namespace) -> Any:
             f"unknown config fields {sorted(unknown)}; training fields are "
             f"{sorted(known_train - {'model'})}, model fields (under 'model:') are {sorted(known_model)}"
         )
+    values = vars(args)
+    for target, template in ((layers, TrainConfig()), (model_layers, ModelConfig())):
+        for f in dataclasses.fields(template):
+            default = getattr(template, f.name)
+            if dataclasses.is_dataclass(default):
+                continue
+            from_command_line = f.name in given if given is not None else values[f.name] != default
+            if from_command_line:
+                target[f.name] = values[f.name]
+            elif f.name in target:
+                where = f"{args.config}: field {f.name!r} = {target[f.name]!r}"
+                target[f.name] = _from_yaml(target[f.name], default, where)
     model = ModelConfig.from_dict({**ModelConfig().to_dict(), **model_layers})
     return TrainConfig(**layers, model=model)
+
+
+def parse_config(argv: list[str]) -> Any:
+    """vae-train's flags, VAE_* variables and --config file as a TrainConfig. A bad flag or
+    variable exits 2 with one line (StrictParser); a bad YAML field raises ConfigError."""
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    given = {dest for dest in vars(args) if parser.source(dest) != "default"}
+    return config_from_args(args, given)
 
 
 def _train(argv: list[str]) -> int:
     from training.train import NonFiniteLoss, train
 
-    parser = build_parser()
-    args = parser.parse_args(argv)
     try:
-        config = config_from_args(args)
+        config = parse_config(argv)
     except ConfigError as exc:
         print(f"vae-train: {exc}", file=sys.stderr)
         return 2
@@ -228,14 +180,35 @@ def _train(argv: list[str]) -> int:
     except (FileNotFoundError, ValueError) as exc:
         print(f"vae-train: {exc}", file=sys.stderr)
         return 2
-    print(json.dumps(summary, indent=2))
+    print(summary_lines(summary, Path(config.run_dir)))
     return 0
+
+
+def summary_lines(summary: dict[str, Any], run_dir: Path) -> str:
+    """The few lines vae-train ends with; the whole summary is in <run_dir>/metrics.json."""
+    epochs, steps = summary.get("epochs", 0), summary.get("steps", 0)
+    lines = [f"done: {epochs} epoch{'s' * (epochs != 1)}, {steps} optimiser steps"]
+    if "test_elbo" in summary:
+        lines.append(
+            f"test ELBO {summary['test_elbo']:.2f} nats per image (reconstruction "
+            f"{summary['test_reconstruction']:.2f}, KL {summary['test_kl']:.2f})"
+            + (
+                f"; IWAE -log p(x) <= {summary['test_iwae_nll']:.2f} (k={summary['iwae_samples']})"
+                if "test_iwae_nll" in summary
+                else ""
+            )
+        )
+    lines.append(
+        f"checkpoints: {run_dir / 'best.pt'} (best validation ELBO), {run_dir / 'last.pt'}"
+    )
+    lines.append(f"every figure: {run_dir / 'metrics.json'}; per epoch: {run_dir / 'log.jsonl'}")
+    return "\n".join(lines)
 
 
 def _experiment(argv: list[str]) -> int:
     from training.experiments.runner import main as run_experiment
 
-    return run_experiment(argv)
+    return run_experiment(argv, prog="vae-train experiment")
 
 
 def _subcommand(argv: list[str]) -> int:

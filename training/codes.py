@@ -103,7 +103,7 @@ def load_run(run_dir: Path, which: str, data_dir: str | None, device: str) -> tu
     same ones it was trained on: same data set, seed and validation split)."""
     from training.batching import load_data
     from training.checkpoint import load_checkpoint
-    from training.train import TrainConfig
+    from training.config import TrainConfig
 
     checkpoint = run_dir / f"{which}.pt"
     document = load_checkpoint(checkpoint)

@@ -1,5 +1,6 @@
-"""Data-parallel training under `torchrun`: process group set-up (gloo on CPU, nccl on GPU), the
-rank's device, and agreement between ranks on stopping."""
+"""Data-parallel training under `torchrun`, on one machine or several: process group set-up (gloo on
+CPU, nccl on GPU), the rank's device, sums over ranks, and agreement between ranks on stopping and
+on where a restarted run resumes."""
 
 from __future__ import annotations
 
@@ -51,6 +52,30 @@ def any_rank(flag: bool, ranks: Ranks, device: torch.device) -> bool:
     value = torch.tensor([1.0 if flag else 0.0], device=device)
     dist.all_reduce(value, op=dist.ReduceOp.MAX)
     return bool(value.item() > 0)
+
+
+def all_sum(values: torch.Tensor, ranks: Ranks) -> torch.Tensor:
+    """`values` summed over every rank, in place: epoch totals that each rank holds a share of."""
+    if ranks.enabled:
+        dist.all_reduce(values, op=dist.ReduceOp.SUM)
+    return values
+
+
+def min_max(value: int, ranks: Ranks, device: torch.device) -> tuple[int, int]:
+    """The smallest and the largest of the ranks' `value`s: equal when every rank agrees."""
+    if not ranks.enabled:
+        return value, value
+    both = torch.tensor([-value, value], dtype=torch.int64, device=device)
+    dist.all_reduce(both, op=dist.ReduceOp.MAX)
+    return -int(both[0]), int(both[1])
+
+
+def restart_count() -> int:
+    """How many times torchrun's agent on this machine has restarted its workers (0: first start).
+
+    torchrun (`--max-restarts`) sets TORCHELASTIC_RESTART_COUNT for each worker group it starts; a
+    node that was itself relaunched (a new pod) counts from 0 again, so callers ask all ranks."""
+    return int(os.environ.get("TORCHELASTIC_RESTART_COUNT", "0") or 0)
 
 
 def barrier(ranks: Ranks) -> None:

@@ -20,6 +20,7 @@ from training.data import DEFAULT_CACHE, DatasetNotFound
 IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".bmp", ".webp")
 CELEBA_CROP = 148  # the face region of the 178x218 aligned images
 CELEBA_SIDE = 64
+IMAGE_DATASETS = ("celeba",)  # read from folders of image files, through celeba_transform
 
 
 def celeba_transform(side: int = CELEBA_SIDE):
@@ -28,6 +29,15 @@ def celeba_transform(side: int = CELEBA_SIDE):
     return transforms.Compose(
         [transforms.CenterCrop(CELEBA_CROP), transforms.Resize(side), transforms.ToTensor()]
     )
+
+
+def preprocessing_of(dataset: str) -> dict[str, int | str]:
+    """What model.json records of how training read `dataset`'s images, for clients to repeat with
+    server/preprocessing.py: image folders go through celeba_transform (centre crop, then
+    torchvision's Resize, bilinear on PIL images); IDX data sets ({}) are used as they are."""
+    if dataset in IMAGE_DATASETS:
+        return {"center_crop": CELEBA_CROP, "resample": "bilinear"}
+    return {}
 
 
 class ImageFiles(Dataset):

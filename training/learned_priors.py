@@ -27,10 +27,12 @@ def check_settings(config: Any) -> None:
         )
 
 
-def fit_learned_priors(config: Any, data: Any, run_dir: Path, device: torch.device) -> dict:
-    """Fit what `config` (a TrainConfig) asks for to `<run_dir>/best.pt`: the mixture, for a
-    conditional model the per-class mixtures too, and for an unconditional one the two-stage prior;
-    their summaries under "prior", "class_prior" and "two_stage", for the run's metrics.json."""
+def fit_learned_priors(config: Any, data: Any, run_dir: Path, model: torch.nn.Module) -> dict:
+    """After training (called by training/train.py on the main process): fit what `config` (a
+    TrainConfig) asks for to `<run_dir>/best.pt`: the mixture, for a conditional model the per-class
+    mixtures too, and for an unconditional one the two-stage prior; their summaries under "prior",
+    "class_prior" and "two_stage", recorded in the run's metrics.json and returned."""
+    device = next(model.parameters()).device
     summary: dict[str, Any] = {}
     checkpoint = run_dir / "best.pt"
     if config.prior_components > 0 or config.prior_candidates:
@@ -63,4 +65,6 @@ def fit_learned_priors(config: Any, data: Any, run_dir: Path, device: torch.devi
             f"held-out -ELBO {fitted.heldout_nelbo} -> {path}",
             flush=True,
         )
+    for key, block in summary.items():
+        prior.update_metrics(run_dir, key, block)
     return summary

@@ -15,7 +15,8 @@ from __future__ import annotations
 
 import json
 import time
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -39,6 +40,24 @@ DEFAULT_DRAWS = 4
 def prior_path(checkpoint: Path) -> Path:
     """Where the mixture of `checkpoint` lives: runs/x/best.pt -> runs/x/best.prior.npz."""
     return checkpoint.with_suffix(".prior.npz")
+
+
+@contextmanager
+def one_thread() -> Iterator[None]:
+    """torch, BLAS and OpenMP on one thread each, restored afterwards. How a sum is split between
+    threads changes its last bits, and the mixture (k-means initialisation, then EM) carries them
+    on; on one thread the fit gives the same arrays whatever the process set before (training's
+    --threads, another command's, the machine's core count), so `vae-train prior` refits exactly
+    what training wrote."""
+    from threadpoolctl import threadpool_limits  # scikit-learn's own dependency
+
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        with threadpool_limits(limits=1):
+            yield
+    finally:
+        torch.set_num_threads(before)
 
 
 def fit_points(codes: Codes, fit_to: str, draws: int, seed: int) -> tuple[np.ndarray, str, int]:
@@ -170,7 +189,7 @@ def sample_mixture(
 ) -> np.ndarray:
     """`count` draws (count, D) float32 of means[k] + temperature * scale_tril[k] @ eps, k ~ weights.
 
-    The same distribution the server draws from (server/latent.py), from another random stream.
+    The same distribution the server draws from (server/dataplane/latent_space.py), from another random stream.
     """
     rng = np.random.default_rng(seed)
     weights = arrays["weights"] / arrays["weights"].sum()
@@ -224,8 +243,9 @@ def fit_checkpoint_prior(
     training split's, with the validation split's held out; write it beside the checkpoint (or to
     `output`)."""
     model = model_from_checkpoint(load_checkpoint(checkpoint)).to(device)
-    codes, heldout = split_codes(model, data)
-    mixture = fit_codes_prior(codes, heldout, components, covariance_type, seed, fit_to, draws)
+    with one_thread():
+        codes, heldout = split_codes(model, data)
+        mixture = fit_codes_prior(codes, heldout, components, covariance_type, seed, fit_to, draws)
     path = output or prior_path(checkpoint)
     save_mixture(path, mixture, sha256_file(checkpoint))
     return path, mixture

@@ -10,7 +10,6 @@ from typing import Any
 
 from training import figures
 from training.evaluation import evaluate, iwae_nll
-from training.learned_priors import fit_learned_priors
 
 
 def progress_bar(config, ranks, steps_per_epoch: int, epoch: int):
@@ -63,7 +62,6 @@ def finish(config, model, data, history, run_dir: Path, step: int, ranks) -> dic
     if config.iwae_samples > 0 and bernoulli_vae:
         nll = iwae_nll(model, data.test.epoch(), config.iwae_samples, config.iwae_images)
         summary.update(test_iwae_nll=nll, iwae_samples=config.iwae_samples)
-    summary.update(fit_learned_priors(config, data, run_dir, next(model.parameters()).device))
     if config.figures:
         summary["figures"] = figures.save_all(
             model, data.figure_images, data.figure_labels, data.class_names, history, run_dir

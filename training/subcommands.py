@@ -1,98 +1,100 @@
 """`vae-train classifier | prior | quality`: the sample-quality classifier, the learned priors of a
 finished run (the mixture, the two-stage prior), and the run's sample-quality figures. Every option
-also reads VAE_<OPTION>."""
+also reads a VAE_* variable, read when the command parses (a bad value exits 2 with one line, even
+before torch is imported)."""
 
 from __future__ import annotations
 
-import argparse
 import json
-import os
 import sys
 from collections.abc import Sequence
 from pathlib import Path
-from typing import NoReturn
+
+from server import options as opt  # stdlib-only: the one module of server/ training may import
+from server.options import StrictParser
+
+# Defaults kept here so that parsing imports no torch; tests/test_two_stage.py checks they agree.
+DEFAULT_COMPONENTS = 10  # as training.prior.DEFAULT_COMPONENTS (Ghosh et al. 2020)
+DEFAULT_DRAWS = 4  # as training.prior.DEFAULT_DRAWS
+TWO_STAGE_DEFAULTS = {  # as training.two_stage.TwoStageConfig
+    "hidden_dims": (256, 256),
+    "epochs": 200,
+    "batch_size": 512,
+    "learning_rate": 2e-3,
+}
 
 SUBCOMMANDS = ("classifier", "prior", "quality")
+WHICH = ("best", "last")
 
 
-def _env(name: str, default: str | None = None) -> str | None:
-    return os.environ.get("VAE_" + name.upper(), default)
-
-
-def _refuse(name: str, value: str, allowed: str) -> NoReturn:
-    """A bad VAE_* value: one line naming it and what is allowed, exit 2."""
-    print(f"vae-train: VAE_{name.upper()}={value!r}: expected {allowed}", file=sys.stderr)
-    raise SystemExit(2)
-
-
-def _numbers(name: str, default: str, kind: type = float) -> list:
-    """VAE_<NAME> as a list of numbers (spaces or commas between), else `default`'s."""
-    text = _env(name, default) or default
+def _numbers(text: str) -> tuple[float, ...]:
+    """One or more positive numbers, separated by spaces or commas (temperatures)."""
     try:
-        values = [kind(v) for v in text.replace(",", " ").split()]
+        values = tuple(float(item) for item in text.replace(",", " ").split())
     except ValueError:
-        values = []
-    if not values:
-        _refuse(name, text, f"one or more {kind.__name__}s, like {default!r}")
+        values = ()
+    if not values or not all(0 < v < float("inf") for v in values):
+        raise ValueError("expected one or more positive numbers")
     return values
 
 
-def _number(name: str, default: int) -> int:
-    text = _env(name, str(default)) or str(default)
-    try:
-        return int(text)
-    except ValueError:
-        _refuse(name, text, f"an integer, like {str(default)!r}")
+def _named_paths(text: str) -> tuple[tuple[str, Path], ...]:
+    """NAME=PATH pairs separated by spaces (extra mixtures to score)."""
+    pairs = []
+    for item in text.split():
+        name, sep, path = item.partition("=")
+        if not sep or not name or not path:
+            raise ValueError(f"expected NAME=PATH pairs, got {item!r}")
+        pairs.append((name, Path(path)))
+    return tuple(pairs)
 
 
-def _choice(name: str, default: str, choices: tuple[str, ...]) -> str:
-    value = _env(name, default) or default
-    if value not in choices:
-        _refuse(name, value, f"one of {', '.join(choices)}")
-    return value
-
-
-def _named_path(text: str) -> tuple[str, Path]:
-    name, sep, path = text.partition("=")
-    if not sep or not name or not path:
-        raise argparse.ArgumentTypeError(f"expected NAME=PATH, got {text!r}")
-    return name, Path(path)
-
-
-def _common(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument(
+def _common(parser: StrictParser) -> None:
+    parser.option(
         "--data-dir",
-        type=Path,
-        default=Path(_env("data_dir")) if _env("data_dir") else None,
-        help="folder of the data set's IDX files (default: the run's own, then the usual lookup) "
-        "[VAE_DATA_DIR]",
+        opt.optional(opt.path),
+        None,
+        "folder of the data set's IDX files",
+        env="VAE_DATA_DIR",
+        shown_default="the run's own, then the usual lookup",
     )
-    parser.add_argument(
-        "--threads",
-        type=int,
-        default=int(_env("threads", "0") or 0),
-        help="torch CPU threads (0: torch's default) [VAE_THREADS]",
+    parser.option(
+        "--threads", opt.integer(0), 0, "torch CPU threads (0: torch's default)", env="VAE_THREADS"
     )
 
 
-def build_parser() -> argparse.ArgumentParser:
-    from training.two_stage import TwoStageConfig
-
-    parser = argparse.ArgumentParser(prog="vae-train", description=__doc__)
-    commands = parser.add_subparsers(dest="command", required=True)
+def build_parser() -> StrictParser:
+    """The three commands' options; every variable is read when a command parses, never here."""
+    parser = StrictParser(prog="vae-train", description=__doc__)
+    commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
     classifier = commands.add_parser(
         "classifier", help="train the feature classifier that sample quality is measured with"
     )
-    classifier.add_argument("--dataset", default=_env("dataset", "fashion-mnist"))
-    classifier.add_argument(
-        "--output", type=Path, default=None, help="default: runs/classifiers/<dataset>.pt"
+    classifier.option(
+        "--dataset", opt.nonempty, "fashion-mnist", "data set to classify", env="VAE_DATASET"
     )
-    classifier.add_argument("--epochs", type=int, default=2, help="2 reach ~90%% on Fashion-MNIST")
-    classifier.add_argument("--batch-size", type=int, default=128)
-    classifier.add_argument("--seed", type=int, default=0)
-    classifier.add_argument("--max-steps", type=int, default=0, help="stop early (tests)")
-    classifier.add_argument("--train-subset", type=int, default=0, help="first N rows only")
+    classifier.option(
+        "--output",
+        opt.optional(opt.path),
+        None,
+        "where the classifier goes",
+        env="VAE_CLASSIFIER_OUTPUT",
+        shown_default="runs/classifiers/<dataset>.pt",
+    )
+    classifier.option(
+        "--epochs", opt.integer(1), 2, "2 reach ~90% on Fashion-MNIST", env="VAE_CLASSIFIER_EPOCHS"
+    )
+    classifier.option(
+        "--batch-size", opt.integer(1), 128, "images per step", env="VAE_CLASSIFIER_BATCH_SIZE"
+    )
+    classifier.option("--seed", opt.integer(0), 0, "initialisation and shuffling", env="VAE_SEED")
+    classifier.option(
+        "--max-steps", opt.integer(0), 0, "stop early (0: no limit; tests)", env="VAE_MAX_STEPS"
+    )
+    classifier.option(
+        "--train-subset", opt.integer(0), 0, "first N rows only (0: all)", env="VAE_TRAIN_SUBSET"
+    )
     _common(classifier)
 
     prior = commands.add_parser(
@@ -100,99 +102,138 @@ def build_parser() -> argparse.ArgumentParser:
         help="fit a learned prior of a run: the Gaussian mixture of its aggregate posterior, or "
         "the two-stage prior (a second VAE over its codes)",
     )
-    prior.add_argument("run_dir", type=Path)
-    prior.add_argument("--which", choices=("best", "last"), default="best")
-    prior.add_argument(
+    prior.add_argument("run_dir", type=Path, help="the run directory (vae-train --run-dir)")
+    prior.option("--which", opt.choice(*WHICH), "best", "checkpoint of the run", env="VAE_WHICH")
+    prior.option(
         "--kind",
-        choices=("mixture", "two-stage"),
-        default=_choice("prior_kind", "mixture", ("mixture", "two-stage")),
-        help="mixture (<which>.prior.npz) or two-stage (<which>.two_stage.pt) [VAE_PRIOR_KIND]",
+        opt.choice("mixture", "two-stage"),
+        "mixture",
+        "mixture (<which>.prior.npz) or two-stage (<which>.two_stage.pt)",
+        env="VAE_PRIOR_KIND",
     )
     mixture = prior.add_argument_group("mixture")
-    mixture.add_argument(
+    prior.option(
         "--components",
-        type=int,
+        opt.integers(minimum=1),
+        (DEFAULT_COMPONENTS,),
+        "component count (10, as Ghosh et al. 2020); several: the one with the best "
+        "validation-set log-likelihood",
+        env="VAE_PRIOR_COMPONENTS",
         nargs="+",
-        default=_numbers("prior_components", "10", int),
-        help="component count (10, as Ghosh et al. 2020); several: the one with the best "
-        "validation-set log-likelihood [VAE_PRIOR_COMPONENTS]",
+        group=mixture,
     )
-    mixture.add_argument("--covariance", choices=("full", "diag"), default="full")
-    mixture.add_argument(
+    prior.option(
+        "--covariance",
+        opt.choice("full", "diag"),
+        "full",
+        "covariance of each component",
+        env="VAE_PRIOR_COVARIANCE",
+        group=mixture,
+    )
+    prior.option(
         "--fit-to",
-        choices=("draws", "means"),
-        default=_choice("prior_fit", "draws", ("draws", "means")),
-        help="draws z ~ q(z | x) of every training image (the aggregate posterior), or the "
-        "posterior means alone (Ghosh et al.'s fit, the old default) [VAE_PRIOR_FIT]",
+        opt.choice("draws", "means"),
+        "draws",
+        "draws z ~ q(z | x) of every training image (the aggregate posterior), or the posterior "
+        "means alone (Ghosh et al.'s fit, the old default)",
+        env="VAE_PRIOR_FIT",
+        group=mixture,
     )
-    mixture.add_argument(
+    prior.option(
         "--draws",
-        type=int,
-        default=_number("prior_draws", 4),
-        help="draws per training image with --fit-to draws [VAE_PRIOR_DRAWS]",
+        opt.integer(1),
+        DEFAULT_DRAWS,
+        "draws per training image with --fit-to draws",
+        env="VAE_PRIOR_DRAWS",
+        group=mixture,
     )
-    mixture.add_argument(
+    prior.option(
         "--output",
-        type=Path,
-        default=None,
-        help="write the mixture here instead of <which>.prior.npz (a comparison, e.g. the "
-        "means-only fit; metrics.json is then left alone)",
+        opt.optional(opt.path),
+        None,
+        "write the mixture here instead (a comparison, e.g. the means-only fit; metrics.json is "
+        "then left alone)",
+        env="VAE_PRIOR_OUTPUT",
+        shown_default="<which>.prior.npz",
+        group=mixture,
     )
     second = prior.add_argument_group("two-stage")
-    defaults = TwoStageConfig()
-    second.add_argument(
+    prior.option(
         "--epochs",
-        type=int,
-        default=_number("two_stage_epochs", defaults.epochs),
-        help="epochs of the second stage, each a fresh draw of every training code "
-        "[VAE_TWO_STAGE_EPOCHS]",
+        opt.integer(1),
+        TWO_STAGE_DEFAULTS["epochs"],
+        "epochs of the second stage, each a fresh draw of every training code",
+        env="VAE_TWO_STAGE_EPOCHS",
+        group=second,
     )
-    second.add_argument(
+    prior.option(
         "--hidden-dims",
-        type=int,
+        opt.integers(minimum=1),
+        TWO_STAGE_DEFAULTS["hidden_dims"],
+        "hidden layer widths of the second stage's encoder and decoder",
+        env="VAE_TWO_STAGE_HIDDEN_DIMS",
         nargs="+",
-        default=_numbers("two_stage_hidden_dims", " ".join(map(str, defaults.hidden_dims)), int),
-        help="hidden layer widths of the second stage's encoder and decoder "
-        "[VAE_TWO_STAGE_HIDDEN_DIMS]",
+        group=second,
     )
-    second.add_argument("--batch-size", type=int, default=defaults.batch_size)
-    second.add_argument("--learning-rate", type=float, default=defaults.learning_rate)
+    prior.option(
+        "--batch-size",
+        opt.integer(1),
+        TWO_STAGE_DEFAULTS["batch_size"],
+        "codes per step",
+        env="VAE_TWO_STAGE_BATCH_SIZE",
+        group=second,
+    )
+    prior.option(
+        "--learning-rate",
+        opt.number(above=0),
+        TWO_STAGE_DEFAULTS["learning_rate"],
+        "Adam's learning rate, cosine-decayed to 0",
+        env="VAE_TWO_STAGE_LEARNING_RATE",
+        group=second,
+    )
     _common(prior)
 
     quality = commands.add_parser(
         "quality", help="Fréchet distance, precision and recall of a run's samples, per prior"
     )
-    quality.add_argument("run_dir", type=Path)
-    quality.add_argument("--which", choices=("best", "last"), default="best")
-    quality.add_argument(
+    quality.add_argument("run_dir", type=Path, help="the run directory (vae-train --run-dir)")
+    quality.option("--which", opt.choice(*WHICH), "best", "checkpoint of the run", env="VAE_WHICH")
+    quality.option(
         "--classifier",
-        type=Path,
-        default=Path(_env("classifier")) if _env("classifier") else None,
-        help="classifier checkpoint (default: runs/classifiers/<dataset>.pt) [VAE_CLASSIFIER]",
+        opt.optional(opt.path),
+        None,
+        "classifier checkpoint (vae-train classifier)",
+        env="VAE_CLASSIFIER",
+        shown_default="runs/classifiers/<dataset>.pt",
     )
-    quality.add_argument("--samples", type=int, default=10_000, help="test and generated images")
-    quality.add_argument("--k", type=int, default=3, help="neighbours of precision/recall")
-    quality.add_argument(
+    quality.option(
+        "--samples", opt.integer(1), 10_000, "test and generated images", env="VAE_QUALITY_SAMPLES"
+    )
+    quality.option("--k", opt.integer(1), 3, "neighbours of precision/recall", env="VAE_QUALITY_K")
+    quality.option(
         "--seeds",
-        type=int,
+        opt.integers(minimum=0),
+        (0, 1, 2),
+        "seeds of the generated latents; each figure is their mean",
+        env="VAE_QUALITY_SEEDS",
         nargs="+",
-        default=_numbers("quality_seeds", "0 1 2", int),
-        help="seeds of the generated latents; each figure is their mean [VAE_QUALITY_SEEDS]",
     )
-    quality.add_argument(
+    quality.option(
         "--temperatures",
-        type=float,
+        _numbers,
+        (1.0,),
+        "temperatures every prior is scored at (1 always)",
+        env="VAE_QUALITY_TEMPERATURES",
         nargs="+",
-        default=_numbers("quality_temperatures", "1"),
-        help="temperatures every prior is scored at (1 always) [VAE_QUALITY_TEMPERATURES]",
     )
-    quality.add_argument(
+    quality.option(
         "--extra-mixture",
-        type=_named_path,
-        action="append",
-        default=[],
+        _named_paths,
+        (),
+        "also score these mixture files, each under its NAME (a comparison; never recommended)",
+        env="VAE_QUALITY_EXTRA_MIXTURE",
         metavar="NAME=PATH",
-        help="also score this mixture file under NAME (a comparison; never recommended)",
+        nargs="+",
     )
     _common(quality)
     return parser
@@ -234,7 +275,7 @@ def main(argv: Sequence[str]) -> int:
 
             data_dir = None if args.data_dir is None else str(args.data_dir)
             path, mixture, per_class = fit_run_prior(
-                args.run_dir, args.which, args.components, args.covariance, data_dir,
+                args.run_dir, args.which, list(args.components), args.covariance, data_dir,
                 fit_to=args.fit_to, draws=args.draws, output=args.output,
             )  # fmt: skip
             result = {"output": str(path), **mixture.summary()}
@@ -244,8 +285,9 @@ def main(argv: Sequence[str]) -> int:
             from training.quality import measure_run
 
             result = measure_run(
-                args.run_dir, args.which, args.classifier, args.samples, args.k, args.seeds,
-                args.temperatures, args.data_dir, dict(args.extra_mixture),
+                args.run_dir, args.which, args.classifier, args.samples, args.k,
+                list(args.seeds), list(args.temperatures), args.data_dir,
+                dict(args.extra_mixture),
             )  # fmt: skip
     except (CheckpointError, ClassifierError, DatasetNotFound, ValueError) as exc:
         print(f"vae-train {args.command}: {exc}", file=sys.stderr)

@@ -1,100 +1,27 @@
-"""The training loop: Adam, KL annealing, optional AMP / torch.compile / DDP, per-epoch validation
-and test ELBO, a checkpoint each epoch plus the best, exact resume, JSON-lines and TensorBoard logs."""
+"""The training loop: Adam, KL annealing, optional AMP / torch.compile / DDP (one machine or several,
+under torchrun), per-epoch validation and test ELBO, a checkpoint each epoch plus the best, exact
+resume (training/resume.py), JSON-lines and TensorBoard logs."""
 
 from __future__ import annotations
 
 import json
 import math
 import time
-from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
 from typing import Any
 
 import torch
 from torch.nn.parallel import DistributedDataParallel
 
-from training import distributed, learned_priors, reporting
-from training.annealing import Annealing, kl_weight
+from training import distributed, learned_priors, reporting, resume
+from training.annealing import kl_weight
 from training.batching import epoch_seed, load_data
-from training.checkpoint import load_checkpoint, save_checkpoint
+from training.checkpoint import save_checkpoint
+from training.config import TrainConfig
 from training.losses import negative_elbo
 from training.models import ModelConfig, build_model
 
 LR_SCHEDULES = ("constant", "cosine")
-RESUME_KEYS = ("optimizer_state", "scheduler_state", "epoch", "step", "best_val_loss", "history")
-
-
-@dataclass
-class TrainConfig:
-    """One training run; every field is also a `vae-train` flag and a VAE_<FIELD> variable."""
-
-    dataset: str = "fashion-mnist"  # fashion-mnist, mnist or celeba (any folder of images)
-    data_dir: str = ""  # empty: VAE_DATA_DIR, the Debian package's folder, then download
-    run_dir: str = "runs/mlp-vae"
-    epochs: int = 10
-    batch_size: int = 128  # the classic example's batch size
-    learning_rate: float = 1e-3  # Adam's usual default, as in the classic example
-    lr_schedule: str = "constant"  # or cosine: decay to 0 over the run's steps
-    beta: float = 1.0  # weight of the KL term; 1 is the ELBO, > 1 a beta-VAE (Higgins et al. 2017)
-    kl_anneal: str = "none"  # none, linear (warm-up) or cyclical (Fu et al. 2019)
-    kl_warmup: int = 0  # linear: warm-up length in kl_warmup_unit
-    kl_warmup_unit: str = "epoch"  # epoch or step
-    kl_cycles: int = 4  # cyclical: M, as in Fu et al. 2019
-    kl_cycle_ratio: float = 0.5  # cyclical: R, the rising share of each cycle (Fu et al. 2019)
-    seed: int = 0
-    val_size: int = 5000  # rows held out of the training set for choosing the best checkpoint
-    test_size: int = 0  # image folders without an official split: rows held out for test
-    train_subset: int = 0  # train on the first N training rows only (0: all); for quick checks
-    max_steps: int = 0  # stop after this many optimiser steps in total (0: no limit)
-    eval_batch_size: int = 1000
-    device: str = "auto"  # auto picks cuda when available
-    threads: int = 0  # CPU threads for torch (0: its default); 1 suits small models on busy CPUs
-    amp: bool = False  # mixed precision: float16 with loss scaling on CUDA, bfloat16 on CPU
-    compile: bool = False  # torch.compile the training forward pass
-    grad_clip: float = 0.0  # clip the gradient's global norm to this (0: off)
-    num_workers: int = 2  # DataLoader workers for image folders (tensor data needs none)
-    progress: bool = True  # a progress bar with the running loss (drawn on a terminal only)
-    tensorboard: bool = True  # scalars under <run_dir>/tensorboard
-    figures: bool = True  # pictures in the run directory after training
-    iwae_samples: int = 50  # k of the final IWAE bound (Burda et al. 2015 use 5000); 0 skips it
-    iwae_images: int = 1000  # test images the IWAE bound averages over (0: all)
-    resume: bool = False  # continue from <run_dir>/last.pt: model, optimiser, scheduler, epoch
-    # After training, a Gaussian mixture with this many components is fitted to the training set's
-    # aggregate posterior under best.pt, the learned prior (Ghosh et al. 2020 use 10); 0 skips it.
-    prior_components: int = 10
-    # When set, the mixture's component count is the one of these with the best validation-set
-    # log-likelihood, and prior_components is ignored.
-    prior_candidates: tuple[int, ...] = ()
-    # What the mixture is fitted to: "draws" z ~ q(z | x) of every training image, prior_draws of
-    # each (the aggregate posterior), or the posterior "means" alone (the earlier fit).
-    prior_fit: str = "draws"
-    prior_draws: int = 4
-    # After training, the two-stage prior (Dai & Wipf 2019): a second VAE over best.pt's codes,
-    # trained for two_stage_epochs; false skips it.
-    prior_two_stage: bool = True
-    two_stage_epochs: int = 200
-    model: ModelConfig = field(default_factory=ModelConfig)
-
-    def to_dict(self) -> dict[str, Any]:
-        data = asdict(self)
-        data["model"] = self.model.to_dict()
-        return data
-
-    @classmethod
-    def from_dict(cls, data: dict[str, Any]) -> TrainConfig:
-        """The inverse of to_dict, as a checkpoint stores it; unknown keys (newer fields) are left out."""
-        known = {f.name: f for f in fields(cls) if f.name != "model"}
-        values = {k: v for k, v in data.items() if k in known}
-        for name, value in values.items():
-            if isinstance(value, list):  # tuples come back from a checkpoint or JSON as lists
-                values[name] = tuple(value)
-        return cls(**values, model=ModelConfig.from_dict(data.get("model", {})))
-
-    def annealing(self) -> Annealing:
-        return Annealing(
-            self.kl_anneal, self.beta, self.kl_warmup, self.kl_warmup_unit,
-            self.kl_cycles, self.kl_cycle_ratio,
-        )  # fmt: skip
 
 
 class NonFiniteLoss(RuntimeError):
@@ -126,7 +53,7 @@ def train(config: TrainConfig) -> dict[str, Any]:
 
 def _train(config, annealing, ranks, device) -> dict[str, Any]:
     run_dir = Path(config.run_dir)
-    resumed = load_checkpoint(run_dir / "last.pt") if config.resume else None
+    resumed = resume.load_resume_point(config, ranks, device)
     data = load_data(config, device, ranks.rank, ranks.world_size)
     if resumed is not None:
         model_config = ModelConfig.from_dict(resumed["model_config"])
@@ -148,12 +75,6 @@ def _train(config, annealing, ranks, device) -> dict[str, Any]:
     amp_dtype = torch.float16 if device.type == "cuda" else torch.bfloat16
     start_epoch, step, best_val, history = 1, 0, math.inf, []
     if resumed is not None:
-        missing = sorted(set(RESUME_KEYS) - set(resumed))
-        if missing:
-            raise ValueError(
-                f"{run_dir / 'last.pt'} lacks {missing} (written by an older vae-train); it can be "
-                "exported, but not resumed: start a new run without --resume"
-            )
         model.load_state_dict(resumed["model_state"])
         optimiser.load_state_dict(resumed["optimizer_state"])
         scheduler.load_state_dict(resumed["scheduler_state"])
@@ -166,19 +87,22 @@ def _train(config, annealing, ranks, device) -> dict[str, Any]:
     if ranks.is_main:
         run_dir.mkdir(parents=True, exist_ok=True)
         (run_dir / "config.json").write_text(json.dumps(config.to_dict(), indent=2) + "\n")
-        # A new run starts a new log; a resumed one carries on with it.
-        log_file = (run_dir / "log.jsonl").open("a" if resumed else "w", encoding="utf-8")
+        log_file = resume.open_log(run_dir, resumed)
         if config.tensorboard:
             from torch.utils.tensorboard import SummaryWriter
 
             # Scalars are indexed by epoch; a resumed run drops any it is about to write again.
             purge = start_epoch if resumed is not None else None
             writer = SummaryWriter(str(run_dir / "tensorboard"), purge_step=purge)
+        if resumed is not None:
+            print(resume.describe(resumed, run_dir / "last.pt", ranks.world_size), flush=True)
         print(
             f"training {model_config.kind}/{model_config.architecture} on {config.dataset} "
             f"({data.sizes['train']} train, {data.sizes['val']} val, {data.sizes['test']} test) "
-            f"on {device}" + (f", {ranks.world_size} processes" if ranks.enabled else "")
-            + (f", resuming after epoch {start_epoch - 1}" if resumed else ""),
+            f"on {device}" + (
+                f", {ranks.world_size} processes, global batch {config.batch_size * ranks.world_size}"
+                if ranks.enabled else ""
+            ),
             flush=True,
         )  # fmt: skip
     likelihood = model_config.likelihood
@@ -227,18 +151,25 @@ def _train(config, annealing, ranks, device) -> dict[str, Any]:
             if bar is not None:
                 bar.close()
             epoch_seconds = time.perf_counter() - started
+            # The epoch's figures over every rank's share, so the log reads as one process's would.
+            totals = distributed.all_sum(
+                torch.cat([running, running.new_tensor([seen])]).double(), ranks
+            )
+            images = int(totals[3])
             if ranks.is_main:
                 train_terms = dict(
                     zip(
                         ("loss", "reconstruction", "kl"),
-                        (running / max(seen, 1)).tolist(),
+                        (totals[:3] / max(images, 1)).tolist(),
                         strict=True,
                     )
                 )
                 record = reporting.epoch_record(
                     model, data, likelihood, epoch, step, epoch_seconds, train_terms
                 )
-                record.update(kl_weight=weight, learning_rate=scheduler.get_last_lr()[0])
+                record.update(
+                    kl_weight=weight, learning_rate=scheduler.get_last_lr()[0], train_images=images
+                )
                 history.append(record)
                 reporting.log_epoch(record, log_file, writer)
                 val_loss = record.get("val_loss", record["test_loss"])
@@ -255,6 +186,7 @@ def _train(config, annealing, ranks, device) -> dict[str, Any]:
                     "best_val_loss": best_val,
                     "metrics": {k: v for k, v in record.items() if k.startswith(("test_", "val_"))},
                     "history": history,
+                    "world_size": ranks.world_size,
                     "dataset": config.dataset,
                     "class_names": list(data.class_names),
                 }
@@ -269,4 +201,5 @@ def _train(config, annealing, ranks, device) -> dict[str, Any]:
             writer.close()
     if not ranks.is_main:
         return {"rank": ranks.rank, "steps": step}
-    return reporting.finish(config, model, data, history, run_dir, step, ranks)
+    summary = reporting.finish(config, model, data, history, run_dir, step, ranks)
+    return {**summary, **learned_priors.fit_learned_priors(config, data, run_dir, model)}

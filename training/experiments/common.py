@@ -13,9 +13,10 @@ import torch
 import torch.nn.functional as F
 
 from training.checkpoint import load_checkpoint, model_from_checkpoint
+from training.config import TrainConfig
 from training.data import TensorDataset, load_idx_split
 from training.models import GenerativeModel, ModelConfig
-from training.train import TrainConfig, train
+from training.train import train
 
 ACTIVE_UNIT_THRESHOLD = 0.01  # Burda et al. 2015, section 5.2: Var_x(E_q[z_u | x]) > 0.01
 

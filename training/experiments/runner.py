@@ -10,6 +10,8 @@ from collections.abc import Callable, Sequence
 from dataclasses import fields
 from pathlib import Path
 
+from server.options import StrictParser
+from training.cli_options import add_fields
 from training.experiments import ae_vs_vae, annealing, beta, cvae, latent_size, likelihood
 from training.experiments.common import ExperimentSettings
 from training.experiments.report import StudyResult, write_report
@@ -48,58 +50,44 @@ def run_study(name: str, settings: ExperimentSettings, command: str = "") -> Pat
     return folder
 
 
-def parser() -> argparse.ArgumentParser:
-    defaults = ExperimentSettings()
-    p = argparse.ArgumentParser(
-        prog="python -m training.experiments",
+def parser(prog: str = "python -m training.experiments") -> StrictParser:
+    """One option per ExperimentSettings field (variable VAE_EXPERIMENT_<FIELD>), and the study."""
+    p = StrictParser(
+        prog=prog,
         description="Train the models a study needs and write its table, figures and plots into "
-        "<out>/<study>/.",
+        "<out>/<study>/. `vae-train experiment` is the same command. Options in brackets also "
+        "read that variable.",
     )
     p.add_argument("study", help=f"one of: {', '.join(STUDIES)}, or all")
-    p.add_argument("--quick", action="store_true", help="2 epochs on 10,000 training images")
-    p.add_argument("--dataset", default=defaults.dataset, help="fashion-mnist or mnist")
-    p.add_argument("--data-dir", default=defaults.data_dir, help="folder of the four IDX files")
-    p.add_argument("--out", default=defaults.out, help="reports folder (default: %(default)s)")
-    p.add_argument(
-        "--runs-dir", default=defaults.runs_dir, help="checkpoints (default: %(default)s)"
-    )
-    p.add_argument("--epochs", type=int, help=f"epochs per model (full mode: {defaults.epochs})")
-    p.add_argument("--train-subset", type=int, help="train on the first N rows (0: all)")
-    p.add_argument("--max-steps", type=int, default=0, help="cap optimiser steps per model")
-    p.add_argument("--hidden-dims", type=int, nargs="+", default=list(defaults.hidden_dims))
-    p.add_argument("--latent-dim", type=int, default=defaults.latent_dim)
-    p.add_argument("--val-size", type=int, default=defaults.val_size)
-    p.add_argument("--threads", type=int, default=defaults.threads, help="torch threads per run")
-    p.add_argument("--iwae-samples", type=int, default=defaults.iwae_samples, help="0 skips IWAE")
-    p.add_argument("--iwae-images", type=int, default=defaults.iwae_images)
-    p.add_argument("--analysis-images", type=int, default=defaults.analysis_images)
-    p.add_argument("--interpolation-pairs", type=int, default=defaults.interpolation_pairs)
-    p.add_argument("--seed", type=int, default=defaults.seed)
+    add_fields(p, ExperimentSettings(), "study settings", env_prefix="VAE_EXPERIMENT_")
     return p
 
 
-def settings_from_args(args: argparse.Namespace) -> ExperimentSettings:
+def parse_settings(argv: Sequence[str]) -> tuple[str, ExperimentSettings]:
+    """The study named in `argv` and its settings; a bad flag or variable exits 2 with one line."""
+    p = parser()
+    args = p.parse_args(list(argv))
+    return args.study, settings_from_args(args, {d for d in vars(args) if p.source(d) != "default"})
+
+
+def settings_from_args(args: argparse.Namespace, given: set[str]) -> ExperimentSettings:
+    """Defaults, then quick mode's smaller sizes when asked, then what flags and variables gave."""
     settings = ExperimentSettings()
     settings = settings.quick_mode() if args.quick else settings
-    values = {
-        f.name: getattr(args, f.name)
-        for f in fields(ExperimentSettings)
-        if f.name != "quick" and getattr(args, f.name, None) is not None
-    }
-    values["hidden_dims"] = tuple(values["hidden_dims"])
-    for key, value in values.items():
-        setattr(settings, key, value)
+    for f in fields(ExperimentSettings):
+        if f.name in given:
+            setattr(settings, f.name, getattr(args, f.name))
     return settings
 
 
-def main(argv: Sequence[str] | None = None) -> int:
+def main(argv: Sequence[str] | None = None, prog: str = "python -m training.experiments") -> int:
     """Entry point for `python -m training.experiments` and `vae-train experiment`."""
-    p = parser()
+    p = parser(prog)
     args = p.parse_args(argv)
     names = list(STUDIES) if args.study == "all" else [args.study]
     if any(name not in STUDIES for name in names):
-        p.error(f"unknown study {args.study!r}; choose one of: {', '.join(STUDIES)}, all")
-    settings = settings_from_args(args)
+        p.fail(f"unknown study {args.study!r}; choose one of: {', '.join(STUDIES)}, all")
+    settings = settings_from_args(args, {d for d in vars(args) if p.source(d) != "default"})
     given = list(sys.argv[1:] if argv is None else argv)
     rest = shlex.join(given[1:])  # the flags, recorded with the figures
     for name in names:

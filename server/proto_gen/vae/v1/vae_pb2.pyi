@@ -677,6 +677,7 @@ class ModelInfo(_message.Message):
     PRIORS_FIELD_NUMBER: _builtins.int
     RECOMMENDED_PRIOR_FIELD_NUMBER: _builtins.int
     RECOMMENDED_TEMPERATURE_FIELD_NUMBER: _builtins.int
+    PREPROCESSING_FIELD_NUMBER: _builtins.int
     name: _builtins.str
     version: _builtins.int
     kind: _builtins.str
@@ -712,6 +713,13 @@ class ModelInfo(_message.Message):
     def priors(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]:
         """Prior value names this version samples, e.g. PRIOR_MIXTURE"""
 
+    @_builtins.property
+    def preprocessing(self) -> Global___Preprocessing:
+        """How an image file becomes this model's input, as training prepared its images. Unset (servers
+        before it, or model.json without it): resize straight to (H, W), bicubic.
+        Numbered 20 so that fields added meanwhile on other branches keep 16-19.
+        """
+
     def __init__(
         self,
         *,
@@ -732,14 +740,43 @@ class ModelInfo(_message.Message):
         priors: _abc.Iterable[_builtins.str] | None = ...,
         recommended_prior: Global___Prior.ValueType = ...,
         recommended_temperature: _builtins.float = ...,
+        preprocessing: Global___Preprocessing | None = ...,
     ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    _HasFieldArgType: _TypeAlias = _typing.Literal["preprocessing", b"preprocessing"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["available_versions", b"available_versions", "checkpoint_sha256", b"checkpoint_sha256", "dataset", b"dataset", "execution_provider", b"execution_provider", "exported_at", b"exported_at", "image_shape", b"image_shape", "kind", b"kind", "latent_dim", b"latent_dim", "likelihood", b"likelihood", "metrics", b"metrics", "name", b"name", "num_classes", b"num_classes", "opset", b"opset", "priors", b"priors", "recommended_prior", b"recommended_prior", "recommended_temperature", b"recommended_temperature", "version", b"version"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["available_versions", b"available_versions", "checkpoint_sha256", b"checkpoint_sha256", "dataset", b"dataset", "execution_provider", b"execution_provider", "exported_at", b"exported_at", "image_shape", b"image_shape", "kind", b"kind", "latent_dim", b"latent_dim", "likelihood", b"likelihood", "metrics", b"metrics", "name", b"name", "num_classes", b"num_classes", "opset", b"opset", "preprocessing", b"preprocessing", "priors", b"priors", "recommended_prior", b"recommended_prior", "recommended_temperature", b"recommended_temperature", "version", b"version"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
 Global___ModelInfo: _TypeAlias = ModelInfo  # noqa: Y015
+
+@_typing.final
+class Preprocessing(_message.Message):
+    """Steps from an image file to the encoder's (C, H, W) input (server/preprocessing.py applies them):
+    convert to grey or RGB; centre-crop a `center_crop` pixel square (0: none); resize to (H, W)
+    with `resample`; scale to [0, 1].
+    """
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    CENTER_CROP_FIELD_NUMBER: _builtins.int
+    RESAMPLE_FIELD_NUMBER: _builtins.int
+    center_crop: _builtins.int
+    resample: _builtins.str
+    """nearest, bilinear, bicubic or lanczos; empty means bicubic"""
+    def __init__(
+        self,
+        *,
+        center_crop: _builtins.int = ...,
+        resample: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["center_crop", b"center_crop", "resample", b"resample"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___Preprocessing: _TypeAlias = Preprocessing  # noqa: Y015
 
 @_typing.final
 class ListModelsRequest(_message.Message):

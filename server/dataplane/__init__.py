@@ -1,0 +1,1 @@
+"""The data plane: request validation, limits, latent draws and priors, one model call per request."""

@@ -1,0 +1,1 @@
+"""Inference: the model store and hot reload, onnxruntime sessions, dynamic batching."""
