@@ -275,11 +275,6 @@ def read_metadata(version_dir: Path) -> ModelMetadata:
     if not isinstance(data, dict):
         raise RepositoryError(f"{paths.metadata}: expected a JSON object")
     meta = ModelMetadata.from_dict(data, where=str(paths.metadata))
-    if meta.mixture and not paths.mixture.is_file():
-        raise RepositoryError(
-            f"{version_dir}: model.json declares a mixture prior but {MIXTURE_FILE} is missing; "
-            "export the version again"
-        )
     if meta.name != version_dir.parent.name or str(meta.version) != version_dir.name:
         raise RepositoryError(
             f"{paths.metadata}: says {meta.name}/{meta.version} but lives in "
@@ -363,12 +358,18 @@ def write_mixture(directory: Path, mixture: GaussianMixture) -> str:
 
 def read_mixture(version_dir: Path, meta: ModelMetadata) -> GaussianMixture | None:
     """The version's mixture prior, None when model.json declares none; RepositoryError if the file
-    is missing, differs from the sha256 model.json records, or does not hold a valid mixture."""
+    is missing, differs from the sha256 model.json records, or does not hold a valid mixture. The
+    server then serves the version without it (a prior is refused alone)."""
     if not meta.mixture:
         return None
     path = VersionPaths(version_dir).mixture
     try:
         data = path.read_bytes()
+    except FileNotFoundError:
+        raise RepositoryError(
+            f"{path}: missing, but model.json declares a mixture prior; export the version again "
+            "(vae-export --force)"
+        ) from None
     except OSError as exc:
         raise RepositoryError(f"{path}: cannot read the mixture prior ({exc})") from exc
     digest = hashlib.sha256(data).hexdigest()

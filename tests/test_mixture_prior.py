@@ -125,13 +125,12 @@ def test_a_version_without_a_mixture_has_only_the_standard_normal_prior(tmp_path
     assert read_mixture(directory, meta) is None and meta.priors == ("standard_normal",)
 
 
-def test_a_declared_mixture_whose_file_is_missing_is_refused(tmp_path):
+def test_a_declared_mixture_whose_file_is_missing_is_refused_alone(tmp_path):
     directory, _ = _version(tmp_path, _mixture(d=4))
     (directory / MIXTURE_FILE).unlink()
-    with pytest.raises(
-        RepositoryError, match=r"declares a mixture prior but prior\.npz is missing"
-    ):
-        read_metadata(directory)
+    meta = read_metadata(directory)  # the version itself still reads
+    with pytest.raises(RepositoryError, match=r"prior\.npz: missing, .*vae-export --force"):
+        read_mixture(directory, meta)
 
 
 def test_a_corrupt_mixture_file_is_refused_with_the_fix(tmp_path):

@@ -107,7 +107,7 @@ def test_vae_client_samples_the_mixture(live_server, tmp_path):
 @pytest.fixture(scope="module")
 def mixed_repository(repository, tmp_path_factory):
     """tiny-vae: 1 as exported (with its mixture), 2 without one (as an older export), 3 with a
-    corrupt prior.npz."""
+    corrupt prior.npz (refused alone: the version serves N(0, I))."""
     root = tmp_path_factory.mktemp("mixed")
     shutil.copytree(repository / "tiny-vae", root / "tiny-vae")
     for version in (2, 3):
@@ -129,25 +129,31 @@ def mixed_server(mixed_repository):
         yield server
 
 
-def test_a_corrupt_mixture_file_skips_its_version_with_a_clear_log(mixed_repository, caplog):
+def test_a_corrupt_mixture_file_is_refused_alone_with_a_clear_log(mixed_repository, caplog):
     with (
-        caplog.at_level(logging.ERROR, logger="server.inference.store"),
+        caplog.at_level(logging.ERROR, logger="server.inference.sessions"),
         running_server(settings(mixed_repository)) as server,
     ):
-        assert server.store.versions("tiny-vae") == [1, 2]
+        assert server.store.versions("tiny-vae") == [1, 2, 3]  # the version itself loads
     (record,) = [r for r in caplog.records if "tiny-vae/3" in r.getMessage()]
-    assert "prior.npz" in record.getMessage() and "corrupt" in record.getMessage()
+    assert "prior.npz refused" in record.getMessage() and "corrupt" in record.getMessage()
 
 
-def test_the_server_stays_up_beside_the_corrupt_version(mixed_server):
+def test_the_version_with_the_corrupt_mixture_still_serves_n01(mixed_server):
     with stub_for(mixed_server) as stub:
         reply = stub.Sample(sample_request(count=2, seed=1), timeout=10)
-    assert reply.model.version == 2  # the highest version that loaded
+        with pytest.raises(grpc.RpcError) as info:
+            stub.Sample(sample_request(count=1, prior=vae_pb2.PRIOR_MIXTURE), timeout=10)
+    assert reply.model.version == 3 and len(reply.images.shape) == 4
+    assert info.value.code() == grpc.StatusCode.FAILED_PRECONDITION
+    assert "prior.npz was refused at load" in info.value.details()
 
 
 def test_a_version_without_a_mixture_is_failed_precondition_saying_how_to_add_one(mixed_server):
+    request = sample_request(count=1, prior=vae_pb2.PRIOR_MIXTURE)
+    request.model.version = 2
     with stub_for(mixed_server) as stub, pytest.raises(grpc.RpcError) as info:
-        stub.Sample(sample_request(count=1, prior=vae_pb2.PRIOR_MIXTURE), timeout=10)
+        stub.Sample(request, timeout=10)
     assert info.value.code() == grpc.StatusCode.FAILED_PRECONDITION
     assert "has no mixture prior" in info.value.details()
     assert "vae-train prior" in info.value.details() and "vae-export" in info.value.details()
@@ -164,11 +170,12 @@ def test_a_stream_from_a_version_without_a_mixture_is_failed_precondition(mixed_
 
 def test_model_info_of_a_version_without_a_mixture_lists_only_the_standard_normal(mixed_server):
     with stub_for(mixed_server) as stub:
-        old = stub.GetModelInfo(
-            vae_pb2.GetModelInfoRequest(model=vae_pb2.ModelRef(name="tiny-vae"))
-        )
-        new = stub.GetModelInfo(
-            vae_pb2.GetModelInfoRequest(model=vae_pb2.ModelRef(name="tiny-vae", version=1))
+        old, new, corrupt = (
+            stub.GetModelInfo(
+                vae_pb2.GetModelInfoRequest(model=vae_pb2.ModelRef(name="tiny-vae", version=v))
+            )
+            for v in (2, 1, 3)
         )
     assert list(old.priors) == ["PRIOR_STANDARD_NORMAL"]
     assert list(new.priors) == ["PRIOR_STANDARD_NORMAL", "PRIOR_MIXTURE"]
+    assert list(corrupt.priors) == ["PRIOR_STANDARD_NORMAL"]  # listed as loaded, not as declared

@@ -19,7 +19,13 @@ from server.errors import FailedPrecondition, InvalidArgument, ResourceExhausted
 from server.inference.served_model import ServedModel
 from server.inference.store import ModelStore
 from server.metrics import Metrics
-from server.repository import PRIOR_MIXTURE, PRIOR_STANDARD_NORMAL, PRIORS, GaussianMixture
+from server.repository import (
+    PRIOR_MIXTURE,
+    PRIOR_STANDARD_NORMAL,
+    PRIOR_TWO_STAGE,
+    PRIORS,
+    GaussianMixture,
+)
 
 MAX_SEED = 2**63 - 1
 DEFAULT_STREAM_CHUNK = 256  # rows per SampleStream message: ~800 KB of 28x28 float32
@@ -176,20 +182,55 @@ class DataPlane:
             )
         return temperature, self._labels(model, [] if label is None else [label], 1)
 
-    def _prior_mixture(self, model: ServedModel, prior: str) -> GaussianMixture | None:
-        """What Sample/SampleStream draw z from: None for N(0, I), else the version's mixture."""
-        if prior == PRIOR_STANDARD_NORMAL:
-            return None
-        if prior != PRIOR_MIXTURE:
+    def _prior_mixture(
+        self, model: ServedModel, prior: str, label: int | None = None
+    ) -> GaussianMixture | None:
+        """Check that `model` has `prior` (one of PRIORS); the mixture Sample/SampleStream draw z
+        from (the label's own where the version has one per class), or None for N(0, I) and for the
+        two-stage prior, whose z comes from its graph (_draw)."""
+        if prior not in PRIORS:
             raise InvalidArgument(f"prior {prior!r} is not one of {PRIORS}")
-        if model.mixture is None:
+        if prior not in model.priors:
             meta = model.metadata
+            kind, command = {
+                PRIOR_MIXTURE: ("mixture", "`vae-train prior <run-dir>`"),
+                PRIOR_TWO_STAGE: ("two-stage", "`vae-train prior <run-dir> --kind two-stage`"),
+            }[prior]
+            why = model.refused.get(prior)
+            if prior == PRIOR_TWO_STAGE and meta.conditional:
+                how = "conditional models have none: ask for the mixture prior (one per class)"
+            else:
+                how = (
+                    f"make one with {command} and export the checkpoint again "
+                    "(`vae-export <run-dir>/best.pt --force`), or ask for the standard normal prior"
+                )
             raise FailedPrecondition(
-                f"model {meta.name!r} version {meta.version} has no mixture prior; fit one with "
-                "`vae-train prior <run-dir>` and export the checkpoint again "
-                "(`vae-export <run-dir>/best.pt --force`), or ask for the standard normal prior"
+                f"model {meta.name!r} version {meta.version} has no {kind} prior"
+                + (f" ({why})" if why else "")
+                + f"; {how}"
             )
+        if prior != PRIOR_MIXTURE:
+            return None
+        if model.class_mixtures is not None and label is not None:
+            return model.class_mixtures[label]
         return model.mixture
+
+    async def _draw(
+        self,
+        model: ServedModel,
+        rng: np.random.Generator,
+        rows: int,
+        temperature: float,
+        prior: str,
+        mixture: GaussianMixture | None,
+    ) -> np.ndarray:
+        """The next `rows` latents (rows, D) of a Sample/SampleStream call from `rng`. The two-stage
+        prior draws its noise (rows, noise_dim) as N(0, I) latents are drawn, then runs the prior
+        decoder through its batcher (u -> z); the others are drawn in numpy."""
+        if prior == PRIOR_TWO_STAGE:
+            noise = latent_space.draw_prior(rng, rows, model.noise_dim, temperature)
+            return await model.generate_latents(noise)
+        return latent_space.draw_latents(rng, rows, model.metadata.latent_dim, temperature, mixture)
 
     async def sample(
         self,
@@ -203,13 +244,11 @@ class DataPlane:
         temperature, one_label = self._sample_params(
             model, count, self.limits.max_samples, temperature, label
         )
-        mixture = self._prior_mixture(model, prior)
+        mixture = self._prior_mixture(model, prior, label)
         labels = None if one_label is None else np.repeat(one_label, count)
         used_seed = self._seed(seed)
         rng = latent_space.prior_generator(used_seed)
-        latents = latent_space.draw_latents(
-            rng, count, model.metadata.latent_dim, temperature, mixture
-        )
+        latents = await self._draw(model, rng, count, temperature, prior, mixture)
         images = await model.decode(latents, labels)
         self.metrics.child(self.metrics.samples, model.metadata.name).inc(count)
         return Generated(images, latents, model, used_seed)
@@ -229,7 +268,7 @@ class DataPlane:
         temperature, one_label = self._sample_params(
             model, count, self.limits.max_stream_samples, temperature, label
         )
-        mixture = self._prior_mixture(model, prior)
+        mixture = self._prior_mixture(model, prior, label)
         chunk_size = chunk_size or min(DEFAULT_STREAM_CHUNK, self.limits.max_samples)
         if not 1 <= chunk_size <= self.limits.max_samples:
             raise InvalidArgument(
@@ -237,11 +276,10 @@ class DataPlane:
                 f"got {chunk_size}"
             )
         used_seed = self._seed(seed)
-        dim = model.metadata.latent_dim
         rng = latent_space.prior_generator(used_seed)
         for start in range(0, count, chunk_size):
             rows = min(chunk_size, count - start)
-            latents = latent_space.draw_latents(rng, rows, dim, temperature, mixture)  # (rows, D)
+            latents = await self._draw(model, rng, rows, temperature, prior, mixture)  # (rows, D)
             labels = None if one_label is None else np.repeat(one_label, rows)
             images = await model.decode(latents, labels)
             self.metrics.child(self.metrics.samples, model.metadata.name).inc(rows)

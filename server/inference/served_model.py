@@ -1,4 +1,5 @@
-"""Runs a model version's encoder and decoder through its batchers, on the process's event loop."""
+"""Runs a model version's encoder, decoder and two-stage prior decoder through their batchers, on the
+process's event loop."""
 
 from __future__ import annotations
 
@@ -13,11 +14,13 @@ from server.inference.sessions import ModelSessions
 from server.metrics import Metrics
 from server.repository import GaussianMixture, ModelMetadata
 
-COMPONENTS = ("encoder", "decoder")
+# "prior_decoder" (the two-stage prior's u -> z graph) exists where the version has that prior.
+COMPONENTS = ("encoder", "decoder", "prior_decoder")
 
 
 class ServedModel:
-    """The encoder and decoder of one ModelSessions, each behind a Batcher when batching is on.
+    """The graphs of one ModelSessions (encoder, decoder, and the two-stage prior's decoder where the
+    version has one), each behind its own Batcher when batching is on.
 
     `offload` is where model calls run: None runs them on the event loop's thread (cheapest for CPU
     models of a fraction of a millisecond), an Executor runs them there while the loop serves on.
@@ -39,9 +42,11 @@ class ServedModel:
             "encoder": self._run_encoder,
             "decoder": self._run_decoder,
         }
+        if sessions.prior_decoder is not None:
+            self._runs["prior_decoder"] = self._run_prior_decoder
         self._batchers: dict[str, Batcher] = {}
         if config.enabled:
-            for component in COMPONENTS:
+            for component in self._runs:
                 self._batchers[component] = Batcher(
                     f"{meta.name}/{meta.version}/{component}",
                     self._runs[component],
@@ -61,8 +66,29 @@ class ServedModel:
 
     @property
     def mixture(self) -> GaussianMixture | None:
-        """The version's learned prior, loaded with it; None when it has none."""
+        """The version's mixture prior, loaded with it; None when it has none."""
         return self.sessions.mixture
+
+    @property
+    def class_mixtures(self) -> tuple[GaussianMixture, ...] | None:
+        """A conditional version's mixture per class (index = label); None when it has none."""
+        return self.sessions.class_mixtures
+
+    @property
+    def noise_dim(self) -> int:
+        """Standard normals per row the two-stage prior takes; 0 when the version has none."""
+        info = self.sessions.prior_decoder_info
+        return 0 if info is None else info.noise_dim
+
+    @property
+    def priors(self) -> tuple[str, ...]:
+        """The priors this version samples, as loaded (a refused prior file is left out)."""
+        return self.sessions.priors
+
+    @property
+    def refused(self) -> dict[str, str]:
+        """Why each declared prior that did not load was refused, by prior name."""
+        return self.sessions.refused
 
     def _observer(self, component: str) -> BatchObserver:
         name = self.sessions.metadata.name
@@ -77,6 +103,11 @@ class ServedModel:
 
     def _run_decoder(self, inputs: Sequence[np.ndarray | None]) -> Sequence[np.ndarray | None]:
         return [self.sessions.decode(inputs[0], inputs[1])]  # type: ignore[arg-type]
+
+    def _run_prior_decoder(
+        self, inputs: Sequence[np.ndarray | None]
+    ) -> Sequence[np.ndarray | None]:
+        return [self.sessions.generate_latents(inputs[0])]  # type: ignore[arg-type]
 
     async def _call(
         self, component: str, inputs: list[np.ndarray | None]
@@ -103,6 +134,11 @@ class ServedModel:
         """(N, D) latents -> (N, C, H, W) images."""
         (images,) = await self._call("decoder", [latents, labels])
         return images  # type: ignore[return-value]
+
+    async def generate_latents(self, noise: np.ndarray) -> np.ndarray:
+        """The two-stage prior: (N, noise_dim) noise -> (N, D) latents, batched like the decoder."""
+        (latents,) = await self._call("prior_decoder", [noise])
+        return latents  # type: ignore[return-value]
 
     def close(self) -> None:
         """Stop batching (call on the event loop); queued work still runs, late callers run alone."""

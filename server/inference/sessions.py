@@ -1,26 +1,41 @@
-"""onnxruntime sessions for one model version: provider selection, warm-up, encode and decode calls."""
+"""onnxruntime sessions for one model version: provider selection, warm-up, encode and decode calls,
+and the learned priors it carries (the mixture, per-class mixtures, the two-stage prior's decoder)."""
 
 from __future__ import annotations
 
 import functools
 import logging
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TypeVar
 
 import numpy as np
 import onnxruntime as ort
 
 from server.repository import (
+    CLASS_MIXTURE_FILE,
+    MIXTURE_FILE,
+    PRIOR_DECODER_FILE,
+    PRIOR_MIXTURE,
+    PRIOR_STANDARD_NORMAL,
+    PRIOR_TWO_STAGE,
+    PRIORS,
     GaussianMixture,
     ModelMetadata,
+    PriorDecoder,
     RepositoryError,
     VersionPaths,
+    read_class_mixtures,
     read_metadata,
     read_mixture,
+    read_prior_decoder,
 )
 
 log = logging.getLogger(__name__)
+
+T = TypeVar("T")
 
 DEFAULT_PROVIDERS = ("CUDAExecutionProvider", "CPUExecutionProvider")
 
@@ -89,7 +104,18 @@ def resolve_providers(requested: tuple[str, ...]) -> tuple[str, ...]:
     return tuple(chosen)
 
 
-def _create_session(path: Path, options: RuntimeOptions) -> ort.InferenceSession:
+# The command that (re)makes each learned prior file, for the one-line refusal at load.
+PRIOR_FIXES = {
+    MIXTURE_FILE: "`vae-train prior <run-dir>`",
+    CLASS_MIXTURE_FILE: "`vae-train prior <run-dir>`",
+    PRIOR_DECODER_FILE: "`vae-train prior <run-dir> --kind two-stage`",
+}
+
+
+def _create_session(
+    path: Path, options: RuntimeOptions, model_bytes: bytes | None = None
+) -> ort.InferenceSession:
+    """A session of the graph at `path`, or of `model_bytes` (already read and checked) when given."""
     session_options = ort.SessionOptions()
     session_options.intra_op_num_threads = options.intra_op_threads
     session_options.inter_op_num_threads = options.inter_op_threads
@@ -99,27 +125,45 @@ def _create_session(path: Path, options: RuntimeOptions) -> ort.InferenceSession
     session_options.add_session_config_entry("session.intra_op.allow_spinning", "0")
     providers = options.provider_list()
     try:
-        return ort.InferenceSession(str(path), sess_options=session_options, providers=providers)
+        source = str(path) if model_bytes is None else model_bytes
+        return ort.InferenceSession(source, sess_options=session_options, providers=providers)
     except Exception as exc:  # onnxruntime raises its own exception types for corrupt graphs
         raise RepositoryError(f"{path}: onnxruntime cannot load this graph ({exc})") from exc
 
 
 class ModelSessions:
-    """The encoder and decoder sessions of one model version.
+    """The encoder and decoder sessions of one model version, and its learned priors.
 
     Shapes: images (N, C, H, W) float32 in [0, 1]; latents (N, latent_dim) float32;
-    labels (N,) int64 for conditional models.
+    labels (N,) int64 for conditional models; the two-stage prior's noise (N, noise_dim) float32.
     """
 
     def __init__(self, version_dir: Path, options: RuntimeOptions | None = None) -> None:
         options = options or RuntimeOptions()
         self.metadata: ModelMetadata = read_metadata(version_dir)
-        # The learned prior, read and checked once here: a corrupt prior.npz fails the load.
-        self.mixture: GaussianMixture | None = read_mixture(version_dir, self.metadata)
         paths = VersionPaths(version_dir)
         self.encoder = _create_session(paths.encoder, options)
         self.decoder = _create_session(paths.decoder, options)
         self._check_signature()
+        # The learned priors, each read and checked once here. A bad or missing prior file is
+        # refused alone, with one logged line: the version serves N(0, I) and its other priors,
+        # and a request for the refused one is told why (`refused`).
+        self.refused: dict[str, str] = {}
+        self.mixture: GaussianMixture | None = self._learned(
+            PRIOR_MIXTURE, MIXTURE_FILE, lambda: read_mixture(version_dir, self.metadata)
+        )
+        # A conditional model's mixture per class (index = label); PRIOR_MIXTURE prefers it.
+        self.class_mixtures: tuple[GaussianMixture, ...] | None = self._learned(
+            PRIOR_MIXTURE,
+            CLASS_MIXTURE_FILE,
+            lambda: read_class_mixtures(version_dir, self.metadata),
+        )
+        if self.class_mixtures is not None:
+            self.refused.pop(PRIOR_MIXTURE, None)  # the pooled file's refusal: labels still work
+        self.prior_decoder_info: PriorDecoder | None = None
+        self.prior_decoder: ort.InferenceSession | None = self._learned(
+            PRIOR_TWO_STAGE, PRIOR_DECODER_FILE, lambda: self._prior_decoder(version_dir, options)
+        )
         # What onnxruntime actually gave us: the first provider of the session, never the request.
         self.provider = self.decoder.get_providers()[0]
         # On a GPU, bind outputs to device memory and copy each once to the host; on CPU, plain run()
@@ -133,6 +177,56 @@ class ModelSessions:
                 self.encoder.get_providers()[0],
                 self.provider,
             )
+
+    def _learned(self, prior: str, file: str, read: Callable[[], T]) -> T | None:
+        """`read()`, or None after logging one line and noting in `refused` why the prior is off."""
+        try:
+            return read()
+        except (RepositoryError, OSError, ValueError) as exc:
+            meta = self.metadata
+            reason = str(exc).replace("\n", " ")
+            self.refused[prior] = f"{file} was refused at load ({reason})"
+            log.error(
+                "%s/%s: %s refused, %s is off and the version serves without it: %s; make it "
+                "again with %s and `vae-export <run-dir>/best.pt --force`",
+                meta.name, meta.version, file, prior, reason, PRIOR_FIXES[file],
+            )  # fmt: skip
+            return None
+
+    def _prior_decoder(
+        self, version_dir: Path, options: RuntimeOptions
+    ) -> ort.InferenceSession | None:
+        """The two-stage prior's session on the same providers as the decoder, its signature
+        checked against model.json's two_stage block; None when the version declares none."""
+        info = read_prior_decoder(version_dir, self.metadata)
+        if info is None:
+            return None
+        path = VersionPaths(version_dir).prior_decoder
+        session = _create_session(path, options, info.model_bytes)
+        inputs, outputs = session.get_inputs(), session.get_outputs()
+        got = ([i.name for i in inputs], [o.name for o in outputs])
+        widths = (
+            inputs[0].shape[-1] if inputs else None,
+            outputs[0].shape[-1] if outputs else None,
+        )
+        if got != ([info.input], [info.output]) or widths != (info.noise_dim, info.latent_dim):
+            raise RepositoryError(
+                f"{path}: graph has inputs {got[0]} and outputs {got[1]} of widths {widths}, but "
+                f"model.json declares {info.input!r} ({info.noise_dim}) -> {info.output!r} "
+                f"({info.latent_dim})"
+            )
+        self.prior_decoder_info = info
+        return session
+
+    @property
+    def priors(self) -> tuple[str, ...]:
+        """The priors this version samples, as loaded (PRIORS order): N(0, I) always."""
+        loaded = {
+            PRIOR_STANDARD_NORMAL: True,
+            PRIOR_MIXTURE: self.mixture is not None or self.class_mixtures is not None,
+            PRIOR_TWO_STAGE: self.prior_decoder is not None,
+        }
+        return tuple(p for p in PRIORS if loaded[p])
 
     def _check_signature(self) -> None:
         names = self.metadata.tensors
@@ -187,6 +281,15 @@ class ModelSessions:
         (images,) = self._run(self.decoder, self._feeds(names.decoder_inputs, latents, labels))
         return images
 
+    def generate_latents(self, noise: np.ndarray) -> np.ndarray:
+        """The two-stage prior: (N, noise_dim) noise -> (N, latent_dim) latents."""
+        if self.prior_decoder is None or self.prior_decoder_info is None:
+            raise ValueError("this version has no two-stage prior")
+        info = self.prior_decoder_info
+        feeds = {info.input: np.ascontiguousarray(noise, dtype=np.float32)}
+        (latents,) = self._run(self.prior_decoder, feeds)
+        return latents
+
     def warm_up(self, batch_sizes: tuple[int, ...] = (1, 8, 64)) -> float:
         """Run each graph on zeros so first requests do not pay for lazy initialisation; seconds."""
         start = time.perf_counter()
@@ -195,4 +298,6 @@ class ModelSessions:
             labels = np.zeros(n, dtype=np.int64) if meta.conditional else None
             self.encode(np.zeros((n, *meta.image_shape), dtype=np.float32), labels)
             self.decode(np.zeros((n, meta.latent_dim), dtype=np.float32), labels)
+            if self.prior_decoder_info is not None:
+                self.generate_latents(np.zeros((n, self.prior_decoder_info.noise_dim), np.float32))
         return time.perf_counter() - start

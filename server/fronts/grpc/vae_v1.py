@@ -18,7 +18,7 @@ from server.inference.served_model import ServedModel
 from server.inference.store import ModelStore
 from server.metrics import Metrics
 from server.proto_gen.vae.v1 import vae_pb2, vae_pb2_grpc
-from server.repository import PRIOR_MIXTURE, PRIOR_STANDARD_NORMAL
+from server.repository import PRIOR_MIXTURE, PRIOR_STANDARD_NORMAL, PRIOR_TWO_STAGE
 
 Response = TypeVar("Response")
 ImageResponse = TypeVar(
@@ -38,8 +38,13 @@ _PRIORS: dict[int, str] = {
     vae_pb2.PRIOR_UNSPECIFIED: PRIOR_STANDARD_NORMAL,
     vae_pb2.PRIOR_STANDARD_NORMAL: PRIOR_STANDARD_NORMAL,
     vae_pb2.PRIOR_MIXTURE: PRIOR_MIXTURE,
+    vae_pb2.PRIOR_TWO_STAGE: PRIOR_TWO_STAGE,
 }
-_PRIOR_ENUM_NAMES = {PRIOR_STANDARD_NORMAL: "PRIOR_STANDARD_NORMAL", PRIOR_MIXTURE: "PRIOR_MIXTURE"}
+_PRIOR_ENUM_NAMES = {
+    PRIOR_STANDARD_NORMAL: "PRIOR_STANDARD_NORMAL",
+    PRIOR_MIXTURE: "PRIOR_MIXTURE",
+    PRIOR_TWO_STAGE: "PRIOR_TWO_STAGE",
+}
 
 
 @functools.cache
@@ -65,7 +70,7 @@ def model_ref(model: ServedModel) -> vae_pb2.ModelRef:
 
 def model_info(model: ServedModel, versions: list[int]) -> vae_pb2.ModelInfo:
     meta = model.metadata
-    return vae_pb2.ModelInfo(
+    info = vae_pb2.ModelInfo(
         name=meta.name,
         version=meta.version,
         available_versions=versions,
@@ -80,9 +85,15 @@ def model_info(model: ServedModel, versions: list[int]) -> vae_pb2.ModelInfo:
         checkpoint_sha256=meta.checkpoint_sha256,
         exported_at=meta.exported_at,
         opset=meta.opset,
-        priors=[_PRIOR_ENUM_NAMES[p] for p in meta.priors],
+        priors=[_PRIOR_ENUM_NAMES[p] for p in model.priors],  # as loaded: refused files left out
         preprocessing=vae_pb2.Preprocessing(**meta.preprocessing.to_dict()),
     )
+    # model.json's recommendation when that prior loaded; else unset (PRIOR_UNSPECIFIED, 0), and
+    # clients fall back to N(0, I).
+    if meta.recommended_prior and meta.recommended_prior in model.priors:
+        info.recommended_prior = vae_pb2.Prior.Value(_PRIOR_ENUM_NAMES[meta.recommended_prior])
+        info.recommended_temperature = meta.recommended_temperature
+    return info
 
 
 def fill_images(response: ImageResponse, generated: Generated, image_format: int) -> ImageResponse:
