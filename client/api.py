@@ -166,6 +166,15 @@ class VaeClient:
         response = self.stub.Sample(request, timeout=self.timeout)
         return tensor_to_numpy(response.images), tensor_to_numpy(response.latents), response.seed
 
+    def recommended_prior(self, model: str = "", version: int = 0) -> tuple[str, float]:
+        """The prior (a PRIORS key) and temperature the version's sample quality recommends
+        (ModelInfo.recommended_prior); ("standard-normal", 1.0) when it records none."""
+        info = self.info(model, version)
+        names = {value: name for name, value in PRIORS.items()}
+        if info.recommended_prior not in names:
+            return "standard-normal", 1.0
+        return names[info.recommended_prior], float(info.recommended_temperature or 1.0)
+
     def sample_stream(
         self,
         count: int,

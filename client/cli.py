@@ -193,15 +193,20 @@ def build_parser() -> StrictParser:
     sample = commands.add_parser("sample", help="draw images from the prior")
     sample.option("--count", opt.integer(1), 64, "images to draw")
     sample.option("--seed", seed, None, "same seed, same images (none: a fresh seed)")
-    sample.option("--temperature", opt.number(0), 1.0, "scale of the prior's std (0 means 1)")
+    sample.option(
+        "--temperature",
+        opt.number(0),
+        0.0,
+        "scale of the prior's std (0: 1, or the recommended temperature with --prior recommended)",
+    )
     sample.option("--label", label, None, label_help, env="VAE_LABEL")
     sample.option(
         "--prior",
-        opt.choice(*PRIORS),
+        opt.choice(*PRIORS, "recommended"),
         "standard-normal",
         "N(0, I), or a learned prior where the model has one: the Gaussian mixture fitted to "
-        "the training codes, or the two-stage prior (`info` lists its priors and the "
-        "recommended one)",
+        "the training codes, or the two-stage prior (`info` lists its priors); recommended: the "
+        "one sample quality recommends for the model, at its temperature",
         env="VAE_PRIOR",
     )
     output_options(sample, "samples.png")
@@ -257,14 +262,19 @@ def run(args: argparse.Namespace, client: VaeClient) -> int:
         return 0
     ref = {"model": args.model, "version": args.version}
     if args.command == "sample":
+        prior, temperature = args.prior, args.temperature
+        if prior == "recommended":
+            prior, recommended_temperature = client.recommended_prior(**ref)
+            temperature = temperature or recommended_temperature
+            print(f"prior {prior} at temperature {temperature:g} (recommended)")
         images, _, seed = client.sample(
             args.count,
             args.seed,
-            args.temperature,
+            temperature,
             args.label,
             **ref,
             image_format=args.wire,
-            prior=args.prior,
+            prior=prior,
         )
         print(f"seed {seed}")
         _write_images(images, args.output, args.out_format, args.columns, args.scale)

@@ -210,3 +210,20 @@ def test_a_conditional_model_samples_the_mixture_of_the_requested_class(client, 
         _, latents, _ = client.sample(5, seed=4, label=label, prior="mixture", model="tiny-cvae")
         rng = latent_space.prior_generator(4)
         assert np.array_equal(latents, latent_space.draw_mixture(rng, 5, per_class[label]))
+
+
+def test_vae_client_samples_the_recommended_prior_at_its_temperature(server, tmp_path, capsys):
+    argv = ["--address", f"127.0.0.1:{server.port}", "--model", NAME, "--version", "1"]
+    out = tmp_path / "recommended.npy"
+    sample = ["sample", "--count", "2", "--seed", "4", "--prior", "recommended", "--format", "npy"]
+    assert client_main([*argv, *sample, "-o", str(out)]) == 0
+    assert "prior two-stage at temperature 1.25 (recommended)" in capsys.readouterr().out
+    with VaeClient(f"127.0.0.1:{server.port}") as client:
+        expected, _, _ = client.sample(
+            2, seed=4, temperature=1.25, prior="two-stage", model=NAME, version=1
+        )
+    assert np.allclose(np.load(out), expected, atol=1e-6)
+
+
+def test_without_a_loaded_recommendation_the_client_falls_back_to_n01(client):
+    assert client.recommended_prior(NAME, version=2) == ("standard-normal", 1.0)
