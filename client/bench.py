@@ -17,6 +17,7 @@ from typing import Any
 import grpc
 import numpy as np
 
+from client.api import PRIORS
 from server import options as opt
 from server.codecs import tensor_to_proto
 from server.options import StrictParser
@@ -84,7 +85,12 @@ def _requests(args: argparse.Namespace, info: vae_pb2.ModelInfo, worker: int) ->
     if args.rpc == "sample":
         return [
             vae_pb2.SampleRequest(
-                model=ref, count=n, seed=worker * REQUEST_POOL + i, label=label, format=image_format
+                model=ref,
+                count=n,
+                seed=worker * REQUEST_POOL + i,
+                label=label,
+                format=image_format,
+                prior=PRIORS[args.prior],
             ).SerializeToString()
             for i in range(REQUEST_POOL)
         ]
@@ -256,6 +262,7 @@ def _describe(args: argparse.Namespace) -> dict:
         "concurrency": args.concurrency,
         "samples_per_request": args.samples,
         "format": args.format,
+        **({"prior": args.prior} if args.rpc == "sample" else {}),
         "client_processes": 1 if args.in_process else args.client_processes,
         "connections": 1 if args.in_process else args.connections,
         "warmup_s": args.warmup,
@@ -280,6 +287,7 @@ def build_parser() -> StrictParser:
     parser.option(
         "--format", opt.choice(*FORMATS), "float32", "how Sample and Decode return images"
     )
+    parser.option("--prior", opt.choice(*PRIORS), "standard-normal", "the prior Sample draws from")
     parser.option(
         "--connections",
         opt.integer(1),
@@ -324,6 +332,13 @@ def main(argv: list[str] | None = None) -> int:
         if args.rpc != "sample" or not args.model:
             print(
                 "vae-bench: --in-process measures --rpc sample and needs --model", file=sys.stderr
+            )
+            return 2
+        if args.prior != "standard-normal":
+            print(
+                "vae-bench: --in-process draws N(0, I) only; measure --prior "
+                f"{args.prior} against a server",
+                file=sys.stderr,
             )
             return 2
         result = _run_in_process(args)

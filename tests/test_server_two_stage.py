@@ -14,6 +14,7 @@ import numpy as np
 import pytest
 
 from client.api import VaeClient
+from client.bench import main as bench_main
 from client.cli import main as client_main
 from export.pipeline import export_checkpoint
 from export.prior_export import reference_two_stage_sample
@@ -227,3 +228,15 @@ def test_vae_client_samples_the_recommended_prior_at_its_temperature(server, tmp
 
 def test_without_a_loaded_recommendation_the_client_falls_back_to_n01(client):
     assert client.recommended_prior(NAME, version=2) == ("standard-normal", 1.0)
+
+
+def test_vae_bench_loads_the_two_stage_prior(server, capsys):
+    """Version 4 (the latest) has the two-stage prior and a refused mixture: the prior is sent."""
+    flags = ["--duration=0.5", "--warmup=0.1", f"--model={NAME}", "--concurrency=2"]
+    address = f"--address=127.0.0.1:{server.port}"
+    assert bench_main([*flags, address, "--prior=two-stage"]) == 0
+    two_stage = json.loads(capsys.readouterr().out)
+    assert (two_stage["prior"], two_stage["error_count"]) == ("two-stage", 0)
+    assert two_stage["requests_ok"] > 0
+    assert bench_main([*flags, address, "--prior=mixture"]) == 3
+    assert list(json.loads(capsys.readouterr().out)["errors"]) == ["FAILED_PRECONDITION"]
