@@ -117,7 +117,8 @@ def cycles(graph: dict[str, set[str]]) -> list[list[str]]:
 def test_the_reader_finds_modules_and_their_imports():
     assert {"server.options", "training.config", "training.train", "export.pipeline"} <= set(GRAPH)
     assert "training.config" in GRAPH["training.train"]
-    assert "training.prior" in GRAPH["training.train"]  # `from training import ..., prior, ...`
+    # `from training import ..., learned_priors, ...`
+    assert "training.learned_priors" in GRAPH["training.train"]
     assert "torch" in IMPORTS["training.train"]
 
 

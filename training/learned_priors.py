@@ -1,14 +1,18 @@
-"""The learned priors fitted at the end of training, as the run's config asks: the mixture
-(training/prior.py) and the two-stage prior (training/two_stage.py), each on best.pt's codes."""
+"""The learned priors of a run, as a whole: those fitted at the end of training, as the run's config
+asks (the mixture, training/prior.py; per class, training/class_prior.py; the two-stage prior,
+training/two_stage.py), and `vae-train prior`'s refit of the mixtures of a finished run."""
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
 import torch
 
 from training import class_prior, prior, two_stage
+from training.codes import load_run
+from training.prior import FittedMixture
 
 
 def check_settings(config: Any) -> None:
@@ -68,3 +72,36 @@ def fit_learned_priors(config: Any, data: Any, run_dir: Path, model: torch.nn.Mo
     for key, block in summary.items():
         prior.update_metrics(run_dir, key, block)
     return summary
+
+
+def fit_run_prior(
+    run_dir: Path,
+    which: str = "best",
+    components: Sequence[int] = (prior.DEFAULT_COMPONENTS,),
+    covariance_type: str = "full",
+    data_dir: str | None = None,
+    device: str = "cpu",
+    fit_to: str = "draws",
+    draws: int = prior.DEFAULT_DRAWS,
+    output: Path | None = None,
+) -> tuple[Path, FittedMixture, dict[str, Any] | None]:
+    """`vae-train prior --kind mixture`: fit the mixture of `<run_dir>/<which>.pt` on the run's own
+    data splits, and for a conditional model its per-class mixtures too (training/class_prior.py);
+    record their summaries in the run's metrics.json when they are the run's own prior files (an
+    `output` elsewhere is a comparison, e.g. the means-only baseline, and leaves it alone). Returns
+    the mixture's file and fit, and the per-class fit's summary or None."""
+    checkpoint, config, data = load_run(run_dir, which, data_dir, device)
+    path, mixture = prior.fit_checkpoint_prior(
+        checkpoint, data, components, covariance_type, config.seed, device, fit_to, draws, output
+    )
+    if output is not None and output != prior.prior_path(checkpoint):
+        return path, mixture, None
+    prior.update_metrics(run_dir, "prior", {"checkpoint": checkpoint.name, **mixture.summary()})
+    if not config.model.num_classes:
+        return path, mixture, None
+    class_path, per_class = class_prior.fit_checkpoint_class_prior(
+        checkpoint, data, components, covariance_type, config.seed, device, fit_to, draws
+    )
+    block = {"checkpoint": checkpoint.name, "output": str(class_path), **per_class.summary()}
+    prior.update_metrics(run_dir, "class_prior", block)
+    return path, mixture, block

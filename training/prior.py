@@ -25,7 +25,7 @@ import numpy as np
 import torch
 
 from training.checkpoint import load_checkpoint, model_from_checkpoint, sha256_file
-from training.codes import Codes, load_run, split_codes
+from training.codes import Codes, split_codes
 
 COVARIANCE_TYPES = ("full", "diag")
 DEFAULT_COMPONENTS = 10  # Ghosh et al. 2020 fit a 10-component GMM for their ex-post priors
@@ -249,41 +249,6 @@ def fit_checkpoint_prior(
     path = output or prior_path(checkpoint)
     save_mixture(path, mixture, sha256_file(checkpoint))
     return path, mixture
-
-
-def fit_run_prior(
-    run_dir: Path,
-    which: str = "best",
-    components: Sequence[int] = (DEFAULT_COMPONENTS,),
-    covariance_type: str = "full",
-    data_dir: str | None = None,
-    device: str = "cpu",
-    fit_to: str = "draws",
-    draws: int = DEFAULT_DRAWS,
-    output: Path | None = None,
-) -> tuple[Path, FittedMixture, dict[str, Any] | None]:
-    """`vae-train prior --kind mixture`: fit the mixture of `<run_dir>/<which>.pt` on the run's own
-    data splits, and for a conditional model its per-class mixtures too (training/class_prior.py);
-    record their summaries in the run's metrics.json when they are the run's own prior files (an
-    `output` elsewhere is a comparison, e.g. the means-only baseline, and leaves it alone). Returns
-    the mixture's file and fit, and the per-class fit's summary or None."""
-    from training.class_prior import fit_checkpoint_class_prior
-
-    checkpoint, config, data = load_run(run_dir, which, data_dir, device)
-    path, mixture = fit_checkpoint_prior(
-        checkpoint, data, components, covariance_type, config.seed, device, fit_to, draws, output
-    )
-    if output is not None and output != prior_path(checkpoint):
-        return path, mixture, None
-    update_metrics(run_dir, "prior", {"checkpoint": checkpoint.name, **mixture.summary()})
-    if not config.model.num_classes:
-        return path, mixture, None
-    class_path, per_class = fit_checkpoint_class_prior(
-        checkpoint, data, components, covariance_type, config.seed, device, fit_to, draws
-    )
-    block = {"checkpoint": checkpoint.name, "output": str(class_path), **per_class.summary()}
-    update_metrics(run_dir, "class_prior", block)
-    return path, mixture, block
 
 
 def update_metrics(run_dir: Path, key: str, block: dict[str, Any]) -> None:

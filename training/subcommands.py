@@ -271,7 +271,7 @@ def main(argv: Sequence[str]) -> int:
             path, fitted = fit_run_two_stage(args.run_dir, args.which, config, data_dir)
             result = {"output": str(path), **fitted.summary()}
         elif args.command == "prior":
-            from training.prior import fit_run_prior
+            from training.learned_priors import fit_run_prior
 
             data_dir = None if args.data_dir is None else str(args.data_dir)
             path, mixture, per_class = fit_run_prior(
