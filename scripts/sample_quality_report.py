@@ -123,9 +123,67 @@ def table(runs: Path, out: Path) -> None:
             }
     out.mkdir(parents=True, exist_ok=True)
     (out / "table.md").write_text("\n".join(lines) + "\n")
+    target_lines = targets(per_run)
+    (out / "targets.md").write_text("\n".join(target_lines) + "\n")
     document = {"summary": summary, "runs": per_run}
     (out / "results.json").write_text(json.dumps(document, indent=2) + "\n")
     print("\n".join(lines))
+    print("\n".join(target_lines))
+
+
+def _mean_spread(series: list[float], spec: str) -> str:
+    spread = statistics.stdev(series) if len(series) > 1 else 0.0
+    return f"{statistics.fmean(series):{spec}} ± {spread:{spec.lstrip('+')}}"
+
+
+def targets(per_run: dict[str, dict]) -> list[str]:
+    """Issue #20's targets per VAE, per seed then as mean ± spread: the recommended prior's Fréchet
+    distance over N(0, I)'s (at most 0.5), its recall over N(0, I)'s (at least 0.8), its precision
+    minus N(0, I)'s (at least 0); and the two-stage prior's Fréchet distance over the mixture's
+    (at most 1), at temperature 1 and each at its best qualifying temperature."""
+    lines = [
+        "| model | seeds | recommended (per seed) | FD / N(0, I) FD (<= 0.5) | recall / N(0, I) "
+        "recall (>= 0.8) | precision - N(0, I) precision (>= 0) | two-stage FD / mixture FD, "
+        "T = 1 | the same, each at its best qualifying T |",
+        "|---|---|---|---|---|---|---|---|",
+    ]
+    by_model: dict[str, list[dict]] = defaultdict(list)
+    for name, quality in sorted(per_run.items()):
+        match = re.fullmatch(r"(" + "|".join(MODELS) + r")-s(\d+)", name)
+        if match and match[1] != "mlp-ae" and quality.get("recommended"):
+            by_model[match[1]].append(quality)
+    for model in MODELS:
+        runs = by_model.get(model)
+        if not runs:
+            continue
+        fd, recall, precision, two_vs_mix, best_vs_best, chosen = [], [], [], [], [], []
+        for quality in runs:
+            pick = quality["recommended"]
+            chosen.append(f"{pick['prior']}@{pick['temperature']:g}")
+            fd.append(pick["fd"] / quality["fd_standard_normal"])
+            recall.append(pick["recall"] / quality["recall_standard_normal"])
+            precision.append(pick["precision"] - quality["precision_standard_normal"])
+            if "fd_two_stage" in quality:
+                two_vs_mix.append(quality["fd_two_stage"] / quality["fd_mixture"])
+                best = {
+                    prior: min(
+                        (
+                            c["fd"]
+                            for c in pick["candidates"]
+                            if c["prior"] == prior and c["qualifies"]
+                        ),
+                        default=float("nan"),
+                    )
+                    for prior in ("two_stage", "mixture")
+                }
+                best_vs_best.append(best["two_stage"] / best["mixture"])
+        lines.append(
+            f"| {model} | {len(runs)} | {', '.join(chosen)} | {_mean_spread(fd, '.3f')} | "
+            f"{_mean_spread(recall, '.3f')} | {_mean_spread(precision, '+.3f')} | "
+            f"{_mean_spread(two_vs_mix, '.3f') if two_vs_mix else '-'} | "
+            f"{_mean_spread(best_vs_best, '.3f') if best_vs_best else '-'} |"
+        )
+    return lines
 
 
 def samples(repository: Path, out: Path, count: int = 64, seed: int = 0) -> None:
