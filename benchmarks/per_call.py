@@ -10,7 +10,7 @@ by round so that load on the shared machine hits both alike:
 
 - the whole handler: `VaeServicer.Sample(request, context)` of the checkout, with a stand-in gRPC
   context, one call at a time (1 x 1) and 64 at once on one event loop (1 x 64), with batching on, in
-  single-process metrics and in multi-process metrics (PROMETHEUS_MULTIPROC_DIR set, as `vae-serve`
+  single-process metrics and in multi-process metrics, and 64 images per call 8 at once (64 x 8), (PROMETHEUS_MULTIPROC_DIR set, as `vae-serve`
   runs by default);
 - the stages of the call one by one (request parsing, the call wrapper, model lookup, the seeded
   draw, the batching hand-off, onnxruntime, response building, metrics), each the checkout's own code
@@ -116,9 +116,26 @@ def measure(args: argparse.Namespace) -> dict[str, float]:
 
         loop.run_until_complete(go())
 
+    wire64 = vae_pb2.SampleRequest(
+        model=vae_pb2.ModelRef(name=args.model), count=64, seed=7
+    ).SerializeToString()
+
+    def eight_of_64(calls: int) -> None:
+        async def go() -> None:
+            for _ in range(calls // 8):
+                await asyncio.gather(
+                    *(
+                        servicer.Sample(vae_pb2.SampleRequest.FromString(wire64), context)
+                        for _ in range(8)
+                    )
+                )
+
+        loop.run_until_complete(go())
+
     one_at_a_time(200)  # warm
     figures["handler 1x1"] = cpu_per_call(one_at_a_time, args.calls)
     figures["handler 1x64"] = cpu_per_call(sixty_four_at_once, args.calls)
+    figures["handler 64x8 (per call of 64 images)"] = cpu_per_call(eight_of_64, args.calls // 8)
     # Let the periodic metrics flush (if the checkout has one) run before the process ends.
     loop.run_until_complete(asyncio.sleep(1.2))
 
