@@ -117,15 +117,14 @@ def reference_two_stage_sample(
     output_name: str = PRIOR_DECODER_OUTPUT,
 ) -> np.ndarray:
     """The two-stage prior's latents (count, D) float32 for a Sample of `count` with `seed` and
-    `temperature`, from the ONNX file alone (numpy and onnxruntime): noise = default_rng(seed).
-    standard_normal((count, noise_dim), dtype=float32), times float32(temperature) when it is not 1
-    (as server/dataplane/latent_space.py draws N(0, I)), then the graph. Images are decoder.onnx of these."""
+    `temperature`, from the ONNX file alone (numpy and onnxruntime): noise = Generator(Philox(key=
+    seed)).standard_normal((count, noise_dim), dtype=float32), times float32(temperature) when it is
+    not 1 (seed scheme 2, as server/dataplane/latent_space.py draws N(0, I)), then the graph. Images
+    are decoder.onnx of these."""
     source = str(prior_decoder) if isinstance(prior_decoder, Path) else prior_decoder
     session = ort.InferenceSession(source, providers=["CPUExecutionProvider"])
     (graph_input,) = session.get_inputs()
     noise_dim = int(graph_input.shape[1])
-    u = np.random.default_rng(seed).standard_normal((count, noise_dim), dtype=np.float32)
-    if temperature != 1.0:
-        u *= np.float32(temperature)
+    u = noise(count, noise_dim, seed, temperature)  # (count, noise_dim), as the server draws it
     (latents,) = session.run([output_name], {input_name: u})
     return latents

@@ -35,8 +35,9 @@ MIXTURE_ARRAYS = ("weights", "means", "scale_tril")
 CLASS_MIXTURE_FILE = "class_prior.npz"
 # The two-stage prior (Dai & Wipf 2019): a graph noise (N, noise_dim) float32 -> latent (N, D)
 # float32, deterministic. A Sample at temperature T draws noise ~ N(0, T^2 I) exactly as it draws
-# N(0, I) latents (numpy default_rng(seed).standard_normal((N, noise_dim), dtype=float32), then
-# multiplied in place by float32(T) when T != 1), runs this graph, then decoder.onnx on its output.
+# N(0, I) latents (seed scheme 2: numpy Generator(Philox(key=seed)).standard_normal((N, noise_dim),
+# dtype=float32), then multiplied in place by float32(T) when T != 1), runs this graph, then
+# decoder.onnx on its output.
 PRIOR_DECODER_FILE = "prior_decoder.onnx"
 # The largest |ONNX - PyTorch| a prior decoder may have been exported with (float32, always).
 PRIOR_DECODER_TOLERANCE = 1e-4

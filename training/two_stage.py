@@ -356,9 +356,10 @@ def load_two_stage(path: Path) -> tuple[SecondStageVAE, str, dict[str, Any]]:
 
 def noise(count: int, dim: int, seed: int, temperature: float = 1.0) -> np.ndarray:
     """(count, dim) float32 draws of N(0, temperature^2 I), made exactly as the server draws N(0, I)
-    latents (server/dataplane/latent_space.py draw_prior): numpy's default_rng(seed).standard_normal in float32,
-    then multiplied in place by float32(temperature) when it is not 1."""
-    u = np.random.default_rng(seed).standard_normal((count, dim), dtype=np.float32)
+    latents (seed scheme 2, server/dataplane/latent_space.py): numpy's Philox keyed by the seed,
+    Generator(Philox(key=seed)).standard_normal in float32, then multiplied in place by
+    float32(temperature) when it is not 1."""
+    u = np.random.Generator(np.random.Philox(key=seed)).standard_normal((count, dim), np.float32)
     if temperature != 1.0:
         u *= np.float32(temperature)
     return u

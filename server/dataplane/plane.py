@@ -2,6 +2,10 @@
 
 It knows nothing of gRPC; the servicer converts protobuf to the arguments here and back. Every refusal
 raises a ServiceError whose message says what was wrong and what is allowed.
+
+A Sample call's work here is a few checks, one seeded draw (latent_space.SeededNormal: the
+counter-based Philox generator keyed by the seed, re-keyed per call instead of built) and
+`await model.decoder.submit(...)` into the batcher (server/inference/batching.py).
 """
 
 from __future__ import annotations
@@ -55,6 +59,7 @@ class DataPlane:
         self.store = store
         self.limits = limits
         self.metrics = metrics
+        self._normal = latent_space.SeededNormal()  # the event loop's thread only
 
     # --- validation -----------------------------------------------------------------------------
 
@@ -135,7 +140,7 @@ class DataPlane:
     ) -> Encoded:
         self._check_images(model, images, "images")
         self._check_rows(len(images), "images")
-        images = self.check_image_range(images, "images", clamp)
+        images = np.ascontiguousarray(self.check_image_range(images, "images", clamp), np.float32)
         label_array = self._labels(model, labels, len(images))
         mean, log_variance = await model.encode(images, label_array)
         latents = None
@@ -154,7 +159,7 @@ class DataPlane:
         self._check_latents(model, latents, "latents")
         self._check_rows(len(latents), "latents")
         label_array = self._labels(model, labels, len(latents))
-        images = await model.decode(latents, label_array)
+        images = await model.decode(np.ascontiguousarray(latents, np.float32), label_array)
         return Generated(images, latents, model)
 
     def _sample_params(
@@ -224,9 +229,10 @@ class DataPlane:
         prior: str,
         mixture: GaussianMixture | None,
     ) -> np.ndarray:
-        """The next `rows` latents (rows, D) of a Sample/SampleStream call from `rng`. The two-stage
-        prior draws its noise (rows, noise_dim) as N(0, I) latents are drawn, then runs the prior
-        decoder through its batcher (u -> z); the others are drawn in numpy."""
+        """The next `rows` latents (rows, D) of a SampleStream call from `rng` (the rows one Sample
+        of the same seed draws at once). The two-stage prior draws its noise (rows, noise_dim) as
+        N(0, I) latents are drawn, then runs the prior decoder through its batcher (u -> z); the
+        others are drawn in numpy."""
         if prior == PRIOR_TWO_STAGE:
             noise = latent_space.draw_prior(rng, rows, model.noise_dim, temperature)
             return await model.generate_latents(noise)
@@ -245,13 +251,21 @@ class DataPlane:
             model, count, self.limits.max_samples, temperature, label
         )
         mixture = self._prior_mixture(model, prior, label)
-        labels = None if one_label is None else np.repeat(one_label, count)
         used_seed = self._seed(seed)
-        rng = latent_space.prior_generator(used_seed)
-        latents = await self._draw(model, rng, count, temperature, prior, mixture)
-        images = await model.decode(latents, labels)
-        self.metrics.child(self.metrics.samples, model.metadata.name).inc(count)
-        return Generated(images, latents, model, used_seed)
+        if prior == PRIOR_TWO_STAGE:  # noise (count, noise_dim) drawn as N(0, I) z is, then u -> z
+            noise = self._normal.draw(used_seed, count, model.noise_dim, temperature)
+            latents = await model.generate_latents(noise)
+        elif mixture is None:  # (count, D) ~ N(0, temperature^2 I)
+            latents = self._normal.draw(used_seed, count, model.metadata.latent_dim, temperature)
+        else:
+            rng = latent_space.prior_generator(used_seed)
+            latents = latent_space.draw_mixture(rng, count, mixture, temperature)
+        inputs = [latents] if one_label is None else [latents, np.repeat(one_label, count)]
+        (images,) = await model.decoder.submit(inputs)  # (count, C, H, W)
+        counts = self.metrics.samples_pending
+        name = model.metadata.name
+        counts[name] = counts.get(name, 0) + count
+        return Generated(images, latents, model, used_seed)  # type: ignore[arg-type]
 
     async def sample_stream(
         self,
@@ -282,7 +296,8 @@ class DataPlane:
             latents = await self._draw(model, rng, rows, temperature, prior, mixture)  # (rows, D)
             labels = None if one_label is None else np.repeat(one_label, rows)
             images = await model.decode(latents, labels)
-            self.metrics.child(self.metrics.samples, model.metadata.name).inc(rows)
+            counts = self.metrics.samples_pending
+            counts[model.metadata.name] = counts.get(model.metadata.name, 0) + rows
             yield Generated(images, latents, model, used_seed)
 
     async def interpolate(

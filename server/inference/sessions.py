@@ -6,7 +6,7 @@ from __future__ import annotations
 import functools
 import logging
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TypeVar
@@ -14,6 +14,7 @@ from typing import TypeVar
 import numpy as np
 import onnxruntime as ort
 
+from server.inference.batching import RunFunction, session_runner
 from server.repository import (
     CLASS_MIXTURE_FILE,
     MIXTURE_FILE,
@@ -264,6 +265,28 @@ class ModelSessions:
             binding.bind_output(output.name, "cuda", self._device_id)
         session.run_with_iobinding(binding)
         return binding.copy_outputs_to_cpu()
+
+    def run_function(self, component: str) -> RunFunction:
+        """What a batcher calls for `component` ("encoder", "decoder" or "prior_decoder"): inputs in
+        the graph's input order (float32 values, then int64 labels for conditional models; the
+        prior decoder's noise alone) -> the graph's outputs. On CPU it is the session's own run
+        (batching.session_runner); on a GPU, run with I/O binding."""
+        sessions = {
+            "encoder": self.encoder,
+            "decoder": self.decoder,
+            "prior_decoder": self.prior_decoder,
+        }
+        session = sessions[component]
+        if session is None:
+            raise ValueError(f"{self.metadata.name}/{self.metadata.version} has no {component}")
+        names = [i.name for i in session.get_inputs()]
+        if not self.io_binding:
+            return session_runner(session.run, names)
+
+        def bound(inputs: Sequence[np.ndarray | None]) -> Sequence[np.ndarray | None]:
+            return self._run(session, dict(zip(names, inputs, strict=True)))  # type: ignore[arg-type]
+
+        return bound
 
     def encode(
         self, images: np.ndarray, labels: np.ndarray | None = None
