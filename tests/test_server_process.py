@@ -28,6 +28,8 @@ def start_server(repository: Path, *extra: str) -> tuple[subprocess.Popen, str]:
             str(port),
             "--metrics-port",
             "0",
+            "--http-port",
+            "0",
             "--providers",
             "CPUExecutionProvider",
             "--processes",

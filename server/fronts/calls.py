@@ -23,6 +23,8 @@ Response = TypeVar("Response")
 # Finds the model version a call is for; raises NotFound or InvalidArgument for a bad name or version.
 Resolve = Callable[[], ServedModel]
 _STATUS = {code.name: code for code in grpc.StatusCode}
+# What a call is told while the process drains (every front says the same).
+DRAINING_MESSAGE = "server is shutting down; retry against another replica"
 
 
 class CallTracker:
@@ -101,7 +103,7 @@ class CallRunner:
         timer = self.metrics.start_request()
         try:
             if self.draining:
-                raise Unavailable("server is shutting down; retry against another replica")
+                raise Unavailable(DRAINING_MESSAGE)
             model = None
             if resolve is not None:
                 model = resolve()
