@@ -90,7 +90,7 @@ def body_reader(request: web_request.BaseRequest) -> ReadBody:
         if length is not None:
             if length > limit:
                 raise PayloadTooLarge(_too_large(length, limit))
-            return await request.content.readexactly(length)
+            return await request.content.readexactly(length) if length else b""
         chunks, total = [], 0
         while chunk := await request.content.readany():
             total += len(chunk)
