@@ -123,12 +123,8 @@ class AiohttpServer:
         answer = await self.front.dispatch(
             request.method, path, request.query, request.headers, body_reader(request)
         )
-        response = web.Response(
-            status=answer.status,
-            body=answer.body,
-            headers=answer.headers,
-            content_type=answer.content_type,
-        )
+        answer.headers["Content-Type"] = answer.content_type
+        response = web.Response(status=answer.status, body=answer.body, headers=answer.headers)
         if self.front.draining:
             response.force_close()  # the client reconnects, to another replica
         return response
