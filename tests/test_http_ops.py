@@ -10,7 +10,7 @@ import threading
 import pytest
 import requests
 
-from server.fronts.calls import DRAINING_MESSAGE
+from server.fronts.calls import DRAINING
 from server.inference.batching import BatchingConfig
 from server.process.settings import Settings, parse_settings
 from tests.conftest import free_port
@@ -78,7 +78,7 @@ def test_draining_refuses_new_calls_with_503_and_finishes_accepted_ones(reposito
             stopping.join(30)
         assert refused.status_code == 503
         assert refused.headers["Retry-After"] == "1"
-        assert refused.json() == {"error": DRAINING_MESSAGE}
+        assert refused.json() == {"error": DRAINING}
         assert ready.status_code == 503 and ready.json() == {"ready": False}
         assert live.status_code == 200  # probes are answered, not refused, while draining
 

@@ -11,7 +11,7 @@ import os
 from collections.abc import Awaitable, Callable
 
 from server.errors import DeadlineExceeded, InvalidArgument, QueueFull, ServiceError, Unavailable
-from server.fronts.calls import DRAINING_MESSAGE, CallRunner
+from server.fronts.calls import DRAINING, CallRunner
 from server.fronts.http.exchange import (
     STATUS_OF_CODE,
     HttpRequest,
@@ -53,7 +53,6 @@ class HttpCalls:
 
     def __init__(self, calls: CallRunner) -> None:
         self.calls = calls
-        self.metrics = calls.metrics
         self._id_prefix = os.urandom(4).hex()
         self._ids = itertools.count(1)
 
@@ -66,12 +65,10 @@ class HttpCalls:
         rid = request.headers.get("x-request-id") or f"{self._id_prefix}{next(self._ids):08x}"
         request_id.set(rid)
         code = "OK"
-        tracker = self.calls.tracker
-        tracker.enter()
-        timer = self.metrics.start_request()
+        started = self.calls.enter()
         try:
             if refuse_when_draining and self.calls.draining:
-                raise Unavailable(DRAINING_MESSAGE)
+                raise Unavailable(DRAINING)
             timeout = _timeout_seconds(request)
             if timeout is None:
                 response = await handler(request)
@@ -96,7 +93,6 @@ class HttpCalls:
             log.exception("%s failed", rpc)
             response = error_response(500, f"{rpc} failed inside the server; see its log ({rid})")
         finally:
-            tracker.leave()
-            self.metrics.finish_request(timer, rpc, request.model, code)
+            self.calls.leave(rpc, request.model, code, started)
         response.headers["X-Request-Id"] = rid
         return response
