@@ -9,6 +9,8 @@ from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
+import orjson
+
 from server.errors import InvalidArgument, ResourceExhausted
 
 JSON = "application/json"
@@ -59,9 +61,15 @@ class HttpResponse:
     headers: dict[str, str] = field(default_factory=dict)
 
 
+def dump_json(value: Any) -> bytes:
+    """JSON bytes; numpy arrays become (nested) lists, float32 in the shortest text that reads back
+    as the same float32 (orjson: about 40x faster than the standard library on a 64 x 784 image
+    batch, measured in BENCHMARKS.md)."""
+    return orjson.dumps(value, option=orjson.OPT_SERIALIZE_NUMPY)
+
+
 def json_response(value: Any, status: int = 200, headers: dict[str, str] | None = None):
-    body = json.dumps(value, separators=(",", ":"), allow_nan=False).encode()
-    return HttpResponse(status, body, JSON, headers or {})
+    return HttpResponse(status, dump_json(value), JSON, headers or {})
 
 
 def error_response(status: int, message: str) -> HttpResponse:

@@ -65,7 +65,7 @@ def model_summary(model: ServedModel, versions: list[int]) -> dict[str, Any]:
 
 
 def _tensor(array: np.ndarray) -> dict[str, Any]:
-    return {"shape": list(array.shape), "data": array.ravel().tolist()}
+    return {"shape": list(array.shape), "data": np.ascontiguousarray(array).ravel()}
 
 
 class ImageRoutes:
@@ -200,10 +200,10 @@ class ImageRoutes:
         answer: dict[str, Any] = {
             "model": model.metadata.name,
             "version": model.metadata.version,
-            "mean": encoded.mean.tolist(),
+            "mean": np.ascontiguousarray(encoded.mean),
         }
         if encoded.log_variance is not None:
-            answer["log_variance"] = encoded.log_variance.tolist()
+            answer["log_variance"] = np.ascontiguousarray(encoded.log_variance)
         return json_response(answer)
 
     def _image_file(self, model: ServedModel, body: bytes) -> np.ndarray:

@@ -10,14 +10,13 @@ https://github.com/triton-inference-server/server/blob/main/docs/protocol/extens
 
 from __future__ import annotations
 
-import json
 from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
 
 from server.errors import InvalidArgument
-from server.fronts.http.exchange import JSON, OCTET_STREAM, HttpResponse, json_object
+from server.fronts.http.exchange import JSON, OCTET_STREAM, HttpResponse, dump_json, json_object
 from server.fronts.v2_models import DTYPES, Signature
 from server.fronts.v2_tensors import (
     check_complete,
@@ -170,9 +169,9 @@ def infer_response(
             entry["parameters"] = {"binary_data_size": len(data)}
             blobs.append(data)
         else:
-            entry["data"] = array.ravel().tolist()
+            entry["data"] = array.ravel()  # row-major, as the protocol's flat data is
         entries.append(entry)
-    text = json.dumps({**header, "outputs": entries}, separators=(",", ":")).encode()
+    text = dump_json({**header, "outputs": entries})
     if not blobs:
         return HttpResponse(200, text, JSON)
     return HttpResponse(
