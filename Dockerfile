@@ -10,7 +10,7 @@
 # conflicting, and the build fails if both distributions got in anyway.
 #
 # The serving images hold the `server` and `client` packages and their dependencies only: onnxruntime, grpcio, numpy,
-# protobuf, prometheus-client, pillow, aiohttp, orjson; no torch. Every vae-serve option is also a VAE_* variable, so
+# protobuf, prometheus-client, pillow, uvicorn, httptools, orjson; no torch. Every vae-serve option is also a VAE_* variable, so
 # they are configured by environment; the model repository is expected at /models (VAE_REPOSITORY).
 # Ports: 50051 gRPC, 8080 HTTP (v2 REST, image routes, the explorer), 9090 /metrics, 50052 the plaintext health listener (on by default when TLS is,
 # VAE_HEALTH_PORT), which the HEALTHCHECK asks when it is on.

@@ -1,6 +1,6 @@
-"""The HTTP front's stack, chosen by measurement: the same routes (server/fronts/http) on aiohttp's
-low-level server and on uvicorn with httptools, each on a serving process's event loop, against the
-gRPC v2 front of the same process, for v2 infer of the decoder with JSON and binary tensors, and
+"""The HTTP front's stack, chosen by measurement: the same routes (server/fronts/http) on uvicorn with
+httptools (vae-serve's front) and on aiohttp's low-level server, each on a serving process's event
+loop, against the gRPC v2 front of the same process, for v2 infer of the decoder with JSON and binary tensors, and
 the PNG sample route beside gRPC Sample plus a client-side PNG encode.
 
     .venv/bin/python benchmarks/http_stacks.py --repository model_repository --model fashion-mlp-vae
@@ -43,83 +43,63 @@ SHAPES = ((1, 64), (64, 8))  # (concurrent clients, rows per request)
 
 
 def serve(stack: str, repository: str, port: int, http_port: int) -> None:
-    """A serving process: VaeServer (gRPC, data plane, batching) with the HTTP front on `stack`."""
-    from dataclasses import replace
-
+    """A serving process: VaeServer (gRPC, data plane, batching) with the HTTP front on `stack`:
+    uvicorn is vae-serve's own front; aiohttp's low-level server runs the same HttpFront."""
     from server.fronts.http.app import HttpFront, build_routes
     from server.fronts.readiness import model_service
     from server.process.app import SERVICE_NAME, VaeServer
     from server.process.settings import Settings
 
-    base = Settings(
+    settings = Settings(
         repository=Path(repository),
         host="127.0.0.1",
         port=port,
-        http_port=http_port if stack == "aiohttp" else 0,
+        http_port=http_port if stack == "uvicorn" else 0,
         metrics_port=0,
         providers=("CPUExecutionProvider",),
         processes=1,
         reload_interval_seconds=0,
         log_level="WARNING",
     )
-    server = VaeServer(replace(base))
+    server = VaeServer(settings)
     server.start()
-    if stack == "uvicorn":
-        import uvicorn
-
+    if stack == "aiohttp":
         routes = build_routes(
             server.store,
             server.plane,
             lambda: server.readiness.serving(SERVICE_NAME),
             lambda name: server.readiness.serving(model_service(name)),
         )
-        front = HttpFront(routes, server.calls)
-        config = uvicorn.Config(
-            asgi_app(front, server.plane.limits.max_message_bytes),
-            host="127.0.0.1",
-            port=http_port,
-            http="httptools",
-            lifespan="off",
-            log_level="warning",
-            access_log=False,
-        )
         assert server._loop is not None
-        asyncio.run_coroutine_threadsafe(uvicorn.Server(config).serve(), server._loop)
+        start = aiohttp_front(HttpFront(routes, server.calls), http_port)
+        asyncio.run_coroutine_threadsafe(start, server._loop).result()
     print("ready", flush=True)
     sys.stdin.read()  # until the client closes our stdin
     server.stop(grace=1.0)
 
 
-def asgi_app(front: Any, limit: int) -> Any:
-    """The front as an ASGI application (uvicorn parses HTTP; the routes are the same)."""
+async def aiohttp_front(front: Any, port: int) -> None:
+    """The same front on aiohttp's low-level server (its C parser, llhttp), on the running loop."""
+    from aiohttp import web
+
     from server.fronts.http.exchange import PayloadTooLarge
 
-    async def app(scope: dict, receive: Any, send: Any) -> None:
-        headers = {k.decode("latin-1"): v.decode("latin-1") for k, v in scope["headers"]}
+    async def handle(request: Any) -> web.Response:
+        async def read_body(limit: int) -> bytes:
+            length = request.content_length
+            if length is not None and length > limit:
+                raise PayloadTooLarge(f"the request body is {length} bytes, over {limit}")
+            return await request.content.readexactly(length) if length else b""
 
-        async def read_body(limit_bytes: int) -> bytes:
-            chunks, total, more = [], 0, True
-            while more:
-                message = await receive()
-                chunk = message.get("body", b"")
-                total += len(chunk)
-                if total > limit_bytes:
-                    raise PayloadTooLarge(f"the request body is over {limit_bytes} bytes")
-                chunks.append(chunk)
-                more = message.get("more_body", False)
-            return b"".join(chunks)
+        path = request.raw_path.partition("?")[0]
+        answer = await front.dispatch(
+            request.method, path, request.query, request.headers, read_body
+        )
+        answer.headers["Content-Type"] = answer.content_type
+        return web.Response(status=answer.status, body=answer.body, headers=answer.headers)
 
-        from urllib.parse import parse_qsl
-
-        query = dict(parse_qsl(scope["query_string"].decode("latin-1")))
-        path = scope.get("raw_path", scope["path"].encode()).decode("latin-1")
-        answer = await front.dispatch(scope["method"], path, query, headers, read_body)
-        out = [(b"content-type", answer.content_type.encode())]
-        out += [(k.encode(), v.encode()) for k, v in answer.headers.items()]
-        await send({"type": "http.response.start", "status": answer.status, "headers": out})
-        await send({"type": "http.response.body", "body": answer.body})
-
-    return app
+    loop = asyncio.get_running_loop()
+    await loop.create_server(web.Server(handle, access_log=None), "127.0.0.1", port)
 
 
 # --- the client side ------------------------------------------------------------------------------
@@ -254,12 +234,12 @@ async def measure(args: argparse.Namespace) -> dict[str, Any]:
                         body, headers = infer_body(rows, dim, fmt == "binary")
                         rate = await http_load(url, body, headers, clients, rows, args.seconds)
                         rounds.setdefault(f"{stack} {fmt} {shape}", []).append(rate)
-                port = servers["aiohttp"][1]
+                port = servers["uvicorn"][1]
                 rate = await grpc_load(
                     f"127.0.0.1:{port}", args.model, rows, dim, clients, args.seconds
                 )
                 rounds.setdefault(f"grpc-v2 raw {shape}", []).append(rate)
-        _, port, http_port = servers["aiohttp"]
+        _, port, http_port = servers["uvicorn"]
         png = await png_latency(
             f"http://127.0.0.1:{http_port}", f"127.0.0.1:{port}", args.model, 40
         )
@@ -273,12 +253,13 @@ async def measure(args: argparse.Namespace) -> dict[str, Any]:
     for clients, rows in SHAPES:
         shape = f"{clients}x{rows}"
         for fmt in ("binary", "json"):
-            ratios[f"aiohttp/uvicorn {fmt} {shape}"] = round(
-                medians[f"aiohttp {fmt} {shape}"] / medians[f"uvicorn {fmt} {shape}"], 2
+            ratios[f"uvicorn/aiohttp {fmt} {shape}"] = round(
+                medians[f"uvicorn {fmt} {shape}"] / medians[f"aiohttp {fmt} {shape}"], 2
             )
-            ratios[f"aiohttp {fmt}/grpc-v2 {shape}"] = round(
-                medians[f"aiohttp {fmt} {shape}"] / medians[f"grpc-v2 raw {shape}"], 2
-            )
+            for stack in ("uvicorn", "aiohttp"):
+                ratios[f"{stack} {fmt}/grpc-v2 {shape}"] = round(
+                    medians[f"{stack} {fmt} {shape}"] / medians[f"grpc-v2 raw {shape}"], 2
+                )
     return {"samples_per_s_median": medians, "rounds": rounds, "ratios": ratios, "png": png}
 
 

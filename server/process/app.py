@@ -29,7 +29,7 @@ from server.fronts.grpc import oip, reflection_v1
 from server.fronts.grpc.health import HealthServicer
 from server.fronts.grpc.registration import add_servicer
 from server.fronts.grpc.vae_v1 import VaeServicer
-from server.fronts.http.app import AiohttpServer, HttpFront, build_routes
+from server.fronts.http.app import HttpFront, UvicornServer, build_routes
 from server.fronts.readiness import (
     API_SERVICE,
     DRAINING,
@@ -133,7 +133,7 @@ class VaeServer:
         )
         self._grpc: grpc.aio.Server | None = None
         self._health_grpc: grpc.aio.Server | None = None
-        self._http: AiohttpServer | None = None
+        self._http: UvicornServer | None = None
         self.http_port = 0
         self._metrics_http: tuple[object, threading.Thread] | None = None
         self.port = 0
@@ -374,7 +374,7 @@ class VaeServer:
             tls = ssl_context(s.tls_cert, s.tls_key, s.tls_client_ca)
         except TlsConfigError as exc:
             raise StartupError(str(exc)) from exc
-        self._http = AiohttpServer(HttpFront(routes, self.calls))
+        self._http = UvicornServer(HttpFront(routes, self.calls))
         try:
             self.http_port = await self._http.start(s.host, s.http_port, tls, shared)
         except OSError as exc:
