@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import concurrent.futures
 import threading
+import time
 
 import pytest
 import requests
@@ -147,6 +148,22 @@ def test_two_processes_share_the_http_port_and_the_metrics_add_up(repository, tm
         text = requests.get(url, timeout=10).text
         line = 'vae_requests_total{code="OK",model="tiny-vae",rpc="http.Sample"} 24.0'
         assert line in text
+
+
+def test_answers_are_not_held_back_by_nagle(live_server):
+    """The listening socket says TCP, so asyncio sets TCP_NODELAY on each connection it accepts:
+    without it an answer's body waits for the client's delayed ACK of its headers (~40 ms a call,
+    seen in BENCHMARKS.md, HTTP front)."""
+    import socket
+
+    listening = live_server.server._http.listening
+    assert listening is not None and listening.proto == socket.IPPROTO_TCP
+    with requests.Session() as session:
+        base = f"http://127.0.0.1:{live_server.server.http_port}"
+        started = time.perf_counter()
+        for _ in range(20):
+            assert session.get(f"{base}/v2/health/live", timeout=10).status_code == 200
+        assert time.perf_counter() - started < 0.8  # 20 delayed ACKs alone would take 0.8 s
 
 
 def test_the_http_port_flag_and_variable(monkeypatch):

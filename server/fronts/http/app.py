@@ -145,6 +145,7 @@ class UvicornServer:
         self.front = front
         self._server: uvicorn.Server | None = None
         self._task: asyncio.Task[None] | None = None
+        self.listening: socket.socket | None = None
         self.port = 0
 
     async def start(
@@ -152,7 +153,9 @@ class UvicornServer:
     ) -> int:
         """Listen on host:port (SO_REUSEPORT when the processes of one vae-serve share it)."""
         family = socket.AF_INET6 if ":" in host else socket.AF_INET
-        sock = socket.socket(family, socket.SOCK_STREAM)
+        # IPPROTO_TCP spelled out: asyncio sets TCP_NODELAY only on sockets that say TCP (accepted
+        # ones inherit it); without it each answer's second write waits for a delayed ACK (~40 ms).
+        sock = socket.socket(family, socket.SOCK_STREAM, socket.IPPROTO_TCP)
         sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
         if shared_port:
             sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
@@ -184,6 +187,7 @@ class UvicornServer:
                 self._task.result()  # raises what stopped it
                 raise OSError(f"the HTTP server on {host}:{port} stopped while starting")
             await asyncio.sleep(0.005)
+        self.listening = sock
         self.port = sock.getsockname()[1]
         return self.port
 
