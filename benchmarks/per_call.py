@@ -10,7 +10,7 @@ by round so that load on the shared machine hits both alike:
 
 - the whole handler: `VaeServicer.Sample(request, context)` of the checkout, with a stand-in gRPC
   context, one call at a time (1 x 1) and 64 at once on one event loop (1 x 64), with batching on, in
-  single-process metrics and in multi-process metrics (PROMETHEUS_MULTIPROC_DIR set, as `vae-serve`
+  single-process metrics and in multi-process metrics, and 64 images per call 8 at once (64 x 8), (PROMETHEUS_MULTIPROC_DIR set, as `vae-serve`
   runs by default);
 - the stages of the call one by one (request parsing, the call wrapper, model lookup, the seeded
   draw, the batching hand-off, onnxruntime, response building, metrics), each the checkout's own code
@@ -63,20 +63,30 @@ def measure(args: argparse.Namespace) -> dict[str, float]:
     """Runs inside the checkout's own process (sys.path[0] is the checkout)."""
     import numpy as np
 
-    from server.dataplane.plane import DataPlane
-    from server.fronts.grpc.vae_v1 import VaeServicer
-    from server.inference.batching import BatchingConfig
-    from server.inference.served_model import ServedModel
-    from server.inference.store import ModelStore
     from server.metrics import Metrics
-    from server.process.settings import Settings
     from server.proto_gen.vae.v1 import vae_pb2
 
+    try:
+        from server.dataplane.plane import DataPlane
+        from server.fronts.grpc.vae_v1 import VaeServicer
+        from server.inference.batching import BatchingConfig
+        from server.inference.served_model import ServedModel
+        from server.inference.store import ModelStore
+        from server.process.settings import Settings
+    except ImportError:  # a checkout from before server/ was laid out by role (5932a6b and older)
+        from server.batching import BatchingConfig  # type: ignore[no-redef]
+        from server.executor import ModelExecutor as ServedModel  # type: ignore[no-redef]
+        from server.model_store import ModelStore  # type: ignore[no-redef]
+        from server.service import DataPlane  # type: ignore[no-redef]
+        from server.servicer import VaeServicer  # type: ignore[no-redef]
+        from server.settings import Settings  # type: ignore[no-redef]
+
     metrics = Metrics()
-    store = ModelStore(
-        Path(args.repository),
-        served_model_factory=lambda sessions: ServedModel(sessions, BatchingConfig(), metrics),
-    )
+    factory = lambda sessions: ServedModel(sessions, BatchingConfig(), metrics)  # noqa: E731
+    try:
+        store = ModelStore(Path(args.repository), served_model_factory=factory)
+    except TypeError:  # older checkouts name it executor_factory
+        store = ModelStore(Path(args.repository), executor_factory=factory)  # type: ignore[call-arg]
     store.load_all()
     plane = DataPlane(store, Settings().limits, metrics)
     servicer = VaeServicer(store, plane, metrics)
@@ -106,9 +116,26 @@ def measure(args: argparse.Namespace) -> dict[str, float]:
 
         loop.run_until_complete(go())
 
+    wire64 = vae_pb2.SampleRequest(
+        model=vae_pb2.ModelRef(name=args.model), count=64, seed=7
+    ).SerializeToString()
+
+    def eight_of_64(calls: int) -> None:
+        async def go() -> None:
+            for _ in range(calls // 8):
+                await asyncio.gather(
+                    *(
+                        servicer.Sample(vae_pb2.SampleRequest.FromString(wire64), context)
+                        for _ in range(8)
+                    )
+                )
+
+        loop.run_until_complete(go())
+
     one_at_a_time(200)  # warm
     figures["handler 1x1"] = cpu_per_call(one_at_a_time, args.calls)
     figures["handler 1x64"] = cpu_per_call(sixty_four_at_once, args.calls)
+    figures["handler 64x8 (per call of 64 images)"] = cpu_per_call(eight_of_64, args.calls // 8)
     # Let the periodic metrics flush (if the checkout has one) run before the process ends.
     loop.run_until_complete(asyncio.sleep(1.2))
 
@@ -145,7 +172,8 @@ def measure(args: argparse.Namespace) -> dict[str, float]:
             n,
         )
     z = np.zeros((1, dim), dtype=np.float32)
-    session = model.sessions.decoder
+    sessions = getattr(model, "sessions", None) or model.runtime
+    session = sessions.decoder
     name = session.get_inputs()[0].name
     figures["onnxruntime (1 row)"] = cpu_per_call(loop_of(lambda: session.run(None, {name: z})), n)
     images = session.run(None, {name: z})[0]
@@ -161,6 +189,51 @@ def measure(args: argparse.Namespace) -> dict[str, float]:
         response.SerializeToString()
 
     figures["build + serialise response"] = cpu_per_call(loop_of(build), n)
+
+    async def nothing(*_args):
+        return None
+
+    calls = servicer.calls
+    if hasattr(calls, "unary"):
+        handler = calls.unary("Bench", nothing, lookup=False)
+        wrapped = lambda: handler(None, context)  # noqa: E731
+    else:
+        wrapped = lambda: calls.run("Bench", context, None, nothing)  # noqa: E731
+
+    def wrapper(calls_: int) -> None:
+        async def go() -> None:
+            for _ in range(calls_):
+                await wrapped()
+
+        loop.run_until_complete(go())
+
+    figures["call wrapper (its metrics included)"] = cpu_per_call(wrapper, n)
+
+    if hasattr(metrics, "request_log"):
+
+        def record() -> None:  # what a call and its batch record, plus the fold at each flush
+            metrics.request_log.append(("Sample", args.model, "OK", 0.001))
+            metrics.samples_pending[args.model] = metrics.samples_pending.get(args.model, 0) + 1
+            metrics.batch_log(args.model, "decoder").records.append((64, 0.0005, [0.0001]))
+
+        def recorded(calls_: int) -> None:
+            for i in range(calls_):
+                record()
+                if i % 64 == 63:  # a fold per 64 calls: what 1 x 64 under load comes to
+                    metrics.flush(64)
+            metrics.flush(0)
+
+        figures["metrics"] = cpu_per_call(recorded, n)
+    else:
+
+        def recorded(calls_: int) -> None:
+            for _ in range(calls_):
+                started = metrics.start_request()
+                metrics.finish_request(started, "Sample", args.model, "OK")
+                metrics.child(metrics.samples, args.model).inc(1)
+                metrics.observe_batch(args.model, "decoder", 1, 0.0005, [0.0001])
+
+        figures["metrics"] = cpu_per_call(recorded, n)
 
     def handoff(calls: int) -> None:
         """The decoder call through the checkout's batching, minus onnxruntime's own time."""

@@ -9,8 +9,9 @@ The hot path never calls prometheus_client: a call appends one tuple to `request
 its `BatchLog`, a Sample adds to `samples_pending` (plain lists and a dict, on the event loop's thread),
 and `flush()` folds them into the metrics in bulk, one histogram bucket count per bucket instead of a
 locked (and, with several processes, memory-mapped) write per observation. The serving process flushes
-as soon as no call is in flight and every `FLUSH_SECONDS` while calls keep coming, so a scrape is at
-most that far behind under load, and exact once the server is idle.
+every `FLUSH_SECONDS` while calls keep coming, and at each scrape of its own `/metrics` (one
+process: `before_collect`), or, with several processes (whose files the supervisor reads), as soon as
+no call is in flight; either way a scrape sees every call answered before it.
 """
 
 from __future__ import annotations
@@ -67,7 +68,7 @@ def _add_observations(child: Any, values: list[float], bounds: np.ndarray) -> No
     counted per bucket with numpy and added with one write per non-empty bucket (what `observe`
     does for each value: the first bucket whose upper bound is >= the value, and the sum), through
     the child's `_buckets` and `_sum` (prometheus_client's Histogram internals, unchanged since 0.4;
-    tests/test_server_metrics.py checks a bulk fold against one observe per value)."""
+    tests/test_server_metrics_fold.py checks a bulk fold against one observe per value)."""
     if len(values) < BULK_FROM:
         for value in values:
             child.observe(value)
@@ -80,11 +81,27 @@ def _add_observations(child: Any, values: list[float], bounds: np.ndarray) -> No
     child._sum.inc(float(array.sum()))
 
 
+class _BeforeCollect:
+    """Registered first, so a scrape runs Metrics.before_collect before any metric is read."""
+
+    def __init__(self, metrics: Metrics) -> None:
+        self.metrics = metrics
+
+    def collect(self) -> list[Any]:
+        hook = self.metrics.before_collect
+        if hook is not None:
+            hook()
+        return []
+
+
 class Metrics:
     """The server's metrics; each method is a named hook the servicer or data plane calls."""
 
     def __init__(self, registry: CollectorRegistry | None = None) -> None:
         self.registry = registry or CollectorRegistry()
+        # Set by the serving process: folds what was recorded before a scrape reads the metrics.
+        self.before_collect: Any = None
+        self.registry.register(_BeforeCollect(self))
         # In multi-process mode these would describe one process (whichever answers), not the server.
         self.multiprocess = bool(os.environ.get(MULTIPROC_ENV))
         if not self.multiprocess:
@@ -193,7 +210,13 @@ class Metrics:
         if in_flight != self._last_in_flight:
             self.in_flight.set(in_flight)
             self._last_in_flight = in_flight
-        if self.request_log:
+        if 0 < len(self.request_log) < BULK_FROM:  # an idle server's flush after a call or two
+            requests = self.request_log[:]
+            del self.request_log[: len(requests)]
+            for rpc, model, code, seconds in requests:
+                self.child(self.requests, rpc, model, code).inc()
+                self.child(self.request_latency, rpc, model, code).observe(seconds)
+        elif self.request_log:
             requests = self.request_log[:]
             del self.request_log[: len(requests)]
             by_key: defaultdict[tuple[str, str, str], list[float]] = defaultdict(list)

@@ -4,7 +4,8 @@ tracking, model lookup, metrics, and ServiceError -> status code.
 `CallRunner.unary` builds a method's handler once, when the servicer is made; each call then runs that
 handler and the servicer's work method, with no closure or partial built per call. A call's metrics
 are one tuple appended to `Metrics.request_log`, folded into Prometheus by `flush` (see
-server/metrics.py): as soon as no call is in flight, and every FLUSH_SECONDS while calls keep coming.
+server/metrics.py): every FLUSH_SECONDS while calls keep coming, at each scrape of the process's own
+/metrics (`flush_for_scrape`), and with several processes as soon as no call is in flight.
 """
 
 from __future__ import annotations
@@ -13,6 +14,7 @@ import asyncio
 import itertools
 import logging
 import os
+import threading
 import time
 from collections.abc import Awaitable, Callable
 from typing import Any, TypeVar
@@ -92,6 +94,10 @@ class CallRunner:
         self._id_prefix = os.urandom(4).hex()
         self._ids = itertools.count(1)
         self._flush_due: asyncio.TimerHandle | asyncio.Handle | None = None
+        # The supervisor reads the processes' files, which no scrape of ours precedes: fold at idle.
+        self._flush_when_idle = metrics.multiprocess
+        self._loop: asyncio.AbstractEventLoop | None = None
+        metrics.before_collect = self.flush_for_scrape
 
     def _request_id(self, context: grpc.aio.ServicerContext) -> str:
         for key, value in context.invocation_metadata() or ():
@@ -103,19 +109,46 @@ class CallRunner:
 
     def flush(self) -> None:
         """Fold the calls recorded so far into the metrics (event loop's thread)."""
+        if self._flush_due is not None:
+            self._flush_due.cancel()
         self._flush_due = None
         self.metrics.flush(self.tracker.active)
+
+    def flush_for_scrape(self) -> None:
+        """Before a scrape (the metrics server's thread): fold on the loop, waiting up to a second."""
+        loop = self._loop
+        if loop is None or loop.is_closed() or not loop.is_running():
+            return
+        try:
+            if asyncio.get_running_loop() is loop:
+                self.flush()
+                return
+        except RuntimeError:
+            pass  # no loop in this thread: the usual case, the metrics server's thread
+        done = threading.Event()
+
+        def fold() -> None:
+            self.flush()
+            done.set()
+
+        try:
+            loop.call_soon_threadsafe(fold)
+        except RuntimeError:  # the loop closed meanwhile
+            return
+        done.wait(1.0)
 
     def _flush_later(self) -> None:
         """A call started and no flush is due: fold within FLUSH_SECONDS, so the metrics (the
         in-flight gauge too) follow a server that stays busy."""
-        self._flush_due = asyncio.get_running_loop().call_later(FLUSH_SECONDS, self.flush)
+        self._loop = loop = asyncio.get_running_loop()
+        self._flush_due = loop.call_later(FLUSH_SECONDS, self.flush)
 
     def _record(self, rpc: str, model: str, code: str, started: float) -> None:
         records = self.metrics.request_log
         records.append((rpc, model, code, time.perf_counter() - started))
-        # Idle (or a long backlog): fold now, so a scrape after the last answer sees every call.
-        if self.tracker.active == 0 or len(records) >= LOG_LIMIT:
+        # A long backlog, or idle with several processes: fold now, so that a scrape of the
+        # supervisor after the last answer sees every call.
+        if len(records) >= LOG_LIMIT or (self._flush_when_idle and self.tracker.active == 0):
             if self._flush_due is not None:
                 self._flush_due.cancel()
             self._flush_due = asyncio.get_running_loop().call_soon(self.flush)
