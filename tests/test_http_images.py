@@ -195,7 +195,8 @@ def test_openapi_describes_every_route_the_server_has(base, live_server):
     }
     assert described == {(route.method, route.pattern) for route in routes}
     ids = [op["operationId"] for ops in document["paths"].values() for op in ops.values()]
-    assert len(ids) == len(set(ids))
+    assert len(ids) == len(set(ids)) == len(routes)
+    assert not any(i.endswith("_") for i in ids)
     sample = document["paths"]["/v1/models/{model}/sample"]["get"]
     assert {p["name"] for p in sample["parameters"]} >= {"model", "count", "seed", "prior"}
 

@@ -80,15 +80,16 @@ def document(routes: list[Route]) -> dict[str, Any]:
 
 
 def route(routes: list[Route]) -> Route:
-    """GET /openapi.json, describing `routes` and itself."""
+    """GET /openapi.json, describing `routes` as they are at its first call; the caller appends
+    this route to the list, so the document describes it too."""
     cached: list[bytes] = []
 
     async def handler(request: HttpRequest) -> HttpResponse:
         if not cached:
-            cached.append(json.dumps(document([*routes, this])).encode())
+            cached.append(json.dumps(document(routes)).encode())
         return HttpResponse(200, cached[0], JSON)
 
-    this = Route(
+    return Route(
         "GET",
         "/openapi.json",
         "OpenAPI",
@@ -96,4 +97,3 @@ def route(routes: list[Route]) -> Route:
         "This document",
         responses={200: Body({JSON: {"type": "object"}})},
     )
-    return this
