@@ -226,7 +226,7 @@ async def measure(args: argparse.Namespace) -> dict[str, Any]:
     rounds: dict[str, list[float]] = {}
     try:
         for _ in range(args.rounds):
-            for clients, rows in SHAPES:
+            for clients, rows in args.shapes:
                 shape = f"{clients}x{rows}"
                 for stack, (_, _, http_port) in servers.items():
                     url = f"http://127.0.0.1:{http_port}/v2/models/{args.model}-decoder/infer"
@@ -250,7 +250,7 @@ async def measure(args: argparse.Namespace) -> dict[str, Any]:
             process.wait(30)
     medians = {key: round(statistics.median(values), 1) for key, values in rounds.items()}
     ratios = {}
-    for clients, rows in SHAPES:
+    for clients, rows in args.shapes:
         shape = f"{clients}x{rows}"
         for fmt in ("binary", "json"):
             ratios[f"uvicorn/aiohttp {fmt} {shape}"] = round(
@@ -269,6 +269,15 @@ def main() -> None:
     parser.add_argument("--model", default="fashion-mlp-vae")
     parser.add_argument("--seconds", type=float, default=4.0)
     parser.add_argument("--rounds", type=int, default=2)
+    parser.add_argument(
+        "--shapes",
+        type=lambda text: tuple(
+            tuple(int(n) for n in item.split("x")) for item in text.split(",") if item
+        ),
+        default=SHAPES,
+        help="CLIENTSxROWS,...: concurrent clients and rows per request (default 1x64,64x8); "
+        "64x1 is one image per call at 64 calls in flight",
+    )
     parser.add_argument("--serve", choices=("aiohttp", "uvicorn"), help=argparse.SUPPRESS)
     parser.add_argument("--port", type=int, default=0, help=argparse.SUPPRESS)
     parser.add_argument("--http-port", type=int, default=0, help=argparse.SUPPRESS)
