@@ -1,5 +1,7 @@
-"""Server benchmark in one run: vae-serve (defaults) against the grpc.aio no-op server and in-process
-onnxruntime, at 1 x 1, 1 x 16, 1 x 64 and 64 x 8 (float32 and uint8), with the ratios the targets use.
+"""Server benchmark in one run: vae-serve (defaults, and `--processes 1`) against the grpc.aio no-op
+server and in-process onnxruntime, at 1 x 1, 1 x 16, 1 x 64 and 64 x 8 (float32 and uint8) over
+`--connections` TCP connections (8), and at 1 x 1, 1 x 64 and 64 x 8 over ONE connection (what a plain
+gRPC channel, a Kubernetes Service or a web backend gives a server), with the ratios the targets use.
 
 Usage:
   python benchmarks/server_bench.py --repository model_repository --model fashion-mlp-vae \
@@ -8,8 +10,9 @@ Usage:
 Every server runs for the whole benchmark; the load generator (`vae-bench`, a grpc.aio client on the
 same machine) visits them in turn, scenario by scenario, for `--rounds` rounds, so a slow minute on
 the shared host hits every target alike. Each figure is the median over the rounds; each ratio is the
-median of the per-round ratios, with the range. The load average and the cores each server used
-(from /proc) are printed beside the figures. `--baseline-checkout` also serves the same model from
+median of the per-round ratios, with the range. The load average, the cores each server used (from
+/proc) and the cores the load generator used (its process's rusage; it sends pre-built requests and
+parses no answer) are printed beside the figures, with the server's CPU per call. `--baseline-checkout` also serves the same model from
 another checkout of this project (e.g. the threaded server of an earlier commit) as one more target.
 """
 
@@ -18,11 +21,13 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import resource
 import signal
 import socket
 import statistics
 import subprocess
 import sys
+import time
 import urllib.request
 from contextlib import ExitStack, contextmanager
 from pathlib import Path
@@ -31,13 +36,16 @@ ROOT = Path(__file__).resolve().parent.parent
 PY = sys.executable
 CLOCK_TICKS = os.sysconf("SC_CLK_TCK")
 
-# (name, images per request, concurrency, format)
+# (name, images per request, concurrency, format, connections: 0 means --connections)
 SCENARIOS = [
-    ("1x1", 1, 1, "float32"),
-    ("1x16", 1, 16, "float32"),
-    ("1x64", 1, 64, "float32"),
-    ("64x8", 64, 8, "float32"),
-    ("64x8-uint8", 64, 8, "uint8"),
+    ("1x1", 1, 1, "float32", 0),
+    ("1x16", 1, 16, "float32", 0),
+    ("1x64", 1, 64, "float32", 0),
+    ("64x8", 64, 8, "float32", 0),
+    ("64x8-uint8", 64, 8, "uint8", 0),
+    ("1conn 1x1", 1, 1, "float32", 1),
+    ("1conn 1x64", 1, 64, "float32", 1),
+    ("1conn 64x8", 64, 8, "float32", 1),
 ]
 
 
@@ -100,12 +108,20 @@ def cpu_seconds(pid: int) -> float:
 
 
 def bench(args: argparse.Namespace, *flags: str) -> dict:
+    """One vae-bench run; its JSON plus `client_cores`, the load generator's CPU over its run."""
     command = [PY, "-m", "client.bench", f"--model={args.model}", f"--duration={args.duration}",
                "--warmup=1", *flags]  # fmt: skip
+    before = resource.getrusage(resource.RUSAGE_CHILDREN)
+    started = time.monotonic()
     result = subprocess.run(command, capture_output=True, text=True, cwd=ROOT, timeout=600)
+    wall = time.monotonic() - started
+    after = resource.getrusage(resource.RUSAGE_CHILDREN)
     if result.returncode not in (0, 3):
         raise SystemExit(f"vae-bench failed: {result.stderr}")
-    return json.loads(result.stdout)
+    report = json.loads(result.stdout)
+    used = (after.ru_utime - before.ru_utime) + (after.ru_stime - before.ru_stime)
+    report["client_cores"] = round(used / wall, 2)  # start-up included: an upper bound
+    return report
 
 
 def mean_batch(metrics_port: int) -> float:
@@ -169,12 +185,22 @@ def main() -> int:
             )
         )
         targets["vae-serve"] = {"port": port, "pid": pid, "metrics_port": metrics_port}
+        p1_metrics = free_port()
+        port, pid = stack.enter_context(
+            child(
+                serve_command(repository, p1_metrics, "--processes=1", *args.serve_flags.split()),
+                args.output / "vae-serve-p1.log",
+            )
+        )
+        targets["vae-serve-p1"] = {"port": port, "pid": pid, "metrics_port": p1_metrics}
         noop = [PY, "-m", "client.noop_server", "--port=0", "--transport=aio"]
         port, pid = stack.enter_context(child(noop, args.output / "noop.log"))
         targets["noop-aio"] = {"port": port, "pid": pid}
         if args.baseline_checkout:
             baseline_metrics = free_port()
             command = serve_command(repository, baseline_metrics)
+            if not (args.baseline_checkout / "server" / "process" / "cli.py").exists():
+                command[2] = "server.cli"  # a checkout from before server/ was laid out by role
             port, pid = stack.enter_context(
                 child(command, args.output / "baseline.log", cwd=args.baseline_checkout.resolve())
             )
@@ -182,25 +208,36 @@ def main() -> int:
         runs: dict[str, dict[str, list[dict]]] = {t: {s[0]: [] for s in SCENARIOS} for t in targets}
         runs["in-process"] = {"64x8": []}
         for round_index in range(args.rounds):
-            for name, samples, concurrency, image_format in SCENARIOS:
+            for name, samples, concurrency, image_format, connections in SCENARIOS:
                 for target, info in targets.items():
                     if target == "baseline" and image_format != "float32":
                         continue  # the earlier server knows no uint8 format
+                    if target == "vae-serve-p1" and not name.startswith("1conn"):
+                        continue  # one process: its one-connection rows are what it is for
                     before = cpu_seconds(info["pid"])
+                    started = time.monotonic()
                     result = bench(
                         args, f"--address=127.0.0.1:{info['port']}", f"--samples={samples}",
                         f"--concurrency={concurrency}", f"--format={image_format}",
                         f"--client-processes={args.client_processes}",
-                        f"--connections={args.connections}",
+                        f"--connections={connections or args.connections}",
                     )  # fmt: skip
-                    wall = result["duration_s"] + 1.0  # warm-up included in the CPU reading
-                    result["server_cores"] = round((cpu_seconds(info["pid"]) - before) / wall, 2)
+                    used = cpu_seconds(info["pid"]) - before
+                    result["server_cores"] = round(used / (time.monotonic() - started), 2)
+                    calls = (
+                        result["requests_ok"]
+                        / max(result["duration_s"], 1e-9)
+                        * (result["duration_s"] + 1.0)
+                    )  # calls in the measured window and the 1 s warm-up the CPU reading spans
+                    result["server_ms_per_call"] = round(used / max(calls, 1) * 1000, 3)
                     runs[target][name].append(result)
                     print(
-                        f"round {round_index + 1} {name:11s} {target:9s} "
+                        f"round {round_index + 1} {name:11s} {target:12s} "
                         f"{result['throughput_rps']:9.1f} req/s {result['samples_per_s']:10.1f} "
                         f"samples/s p50 {result['latency_ms']['p50']} ms, errors "
-                        f"{result['error_count']}, server cores {result['server_cores']}",
+                        f"{result['error_count']}, server cores {result['server_cores']}, "
+                        f"client cores {result['client_cores']}, server ms/call "
+                        f"{result['server_ms_per_call']}",
                         flush=True,
                     )
                 if name == "64x8":
@@ -229,6 +266,10 @@ def main() -> int:
                 "p99_ms": statistics.median(r["latency_ms"]["p99"] for r in results),
                 "errors": sum(r["error_count"] for r in results),
                 "server_cores": statistics.median(r.get("server_cores", 0.0) for r in results),
+                "client_cores": statistics.median(r.get("client_cores", 0.0) for r in results),
+                "server_ms_per_call": statistics.median(
+                    r.get("server_ms_per_call", 0.0) for r in results
+                ),
             }
     ratios = {
         "1x64 vae-serve / noop-aio": median_ratio(
@@ -247,7 +288,36 @@ def main() -> int:
             rates("noop-aio", "64x8"), rates("in-process", "64x8")
         ),
     }
+
+    def cpu(target: str, scenario: str) -> list[float]:
+        return [r["server_ms_per_call"] for r in runs[target][scenario]]
+
+    def p50(target: str, scenario: str) -> list[float]:
+        return [r["latency_ms"]["p50"] for r in runs[target][scenario]]
+
+    ratios.update(
+        {
+            "1conn 1x64 vae-serve --processes 1 / noop-aio": median_ratio(
+                rates("vae-serve-p1", "1conn 1x64"), rates("noop-aio", "1conn 1x64")
+            ),
+            "1conn 1x1 p50 latency, vae-serve --processes 1 / noop-aio": median_ratio(
+                p50("vae-serve-p1", "1conn 1x1"), p50("noop-aio", "1conn 1x1")
+            ),
+            "1conn 1x64 server CPU per call, vae-serve --processes 1 / noop-aio": median_ratio(
+                cpu("vae-serve-p1", "1conn 1x64"), cpu("noop-aio", "1conn 1x64")
+            ),
+            "1x64 server CPU per call, vae-serve / noop-aio": median_ratio(
+                cpu("vae-serve", "1x64"), cpu("noop-aio", "1x64")
+            ),
+        }
+    )
     if "baseline" in runs:
+        ratios["1conn 64x8 vae-serve / baseline"] = median_ratio(
+            rates("vae-serve", "1conn 64x8"), rates("baseline", "1conn 64x8")
+        )
+        ratios["1conn 1x64 vae-serve / baseline"] = median_ratio(
+            rates("vae-serve", "1conn 1x64"), rates("baseline", "1conn 1x64")
+        )
         for scenario in ("1x1", "1x16", "1x64", "64x8"):
             ratios[f"{scenario} vae-serve / baseline"] = median_ratio(
                 rates("vae-serve", scenario), rates("baseline", scenario)
@@ -273,13 +343,15 @@ def main() -> int:
     }
     (args.output / "server_bench.json").write_text(json.dumps(report, indent=2) + "\n")
     lines = [f"load average at start {load_start}, at end {load_end}", "",
-             "| scenario | target | req/s | samples/s | p50 ms | p99 ms | errors | server cores |",
-             "| --- | --- | ---: | ---: | ---: | ---: | ---: | ---: |"]  # fmt: skip
+             "| scenario | target | req/s | samples/s | p50 ms | p99 ms | errors | server cores "
+             "| server ms/call | client cores |",
+             "| --- | --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |"]  # fmt: skip
     for scenario, by_target in summary.items():
         for target, s in by_target.items():
             lines.append(
                 f"| {scenario} | {target} | {s['req_per_s']:,.0f} | {s['samples_per_s']:,.0f} | "
-                f"{s['p50_ms']} | {s['p99_ms']} | {s['errors']} | {s['server_cores']} |"
+                f"{s['p50_ms']} | {s['p99_ms']} | {s['errors']} | {s['server_cores']} | "
+                f"{s.get('server_ms_per_call', '')} | {s.get('client_cores', '')} |"
             )
     lines += ["", "| ratio | median | range |", "| --- | ---: | --- |"]
     for name, r in ratios.items():

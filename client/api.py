@@ -3,6 +3,7 @@ client/cli.py."""
 
 from __future__ import annotations
 
+import itertools
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -81,16 +82,26 @@ class VaeClient:
         tls_ca: str = "",
         tls_cert: str = "",
         tls_key: str = "",
+        connections: int = 1,
     ):
         """Plaintext unless `tls_ca` (PEM roots) is set; `tls_cert`/`tls_key` add a client cert.
 
         An address without a port gets vae-serve's (50051). A TLS file that is missing or holds no
         PEM, a client certificate without its key (or without `tls_ca`), raise TlsFileError.
+        `connections`: TCP connections the calls take in turn. One connection reaches one serving
+        process of a pod (vae-serve --processes spreads connections, not calls), so a client whose
+        threads call concurrently uses every process with as many connections as processes.
         """
+        if connections < 1:
+            raise ValueError(f"connections must be at least 1, got {connections}")
         options = [
             ("grpc.max_receive_message_length", max_message_bytes),
             ("grpc.max_send_message_length", max_message_bytes),
         ]
+        if connections > 1:
+            # Channels to one address share one connection through gRPC's global subchannel pool;
+            # a local pool per channel gives each its own.
+            options.append(("grpc.use_local_subchannel_pool", 1))
         self.address = with_default_port(address)
         if bool(tls_cert) != bool(tls_key):
             raise TlsFileError(
@@ -109,14 +120,27 @@ class VaeClient:
                 if tls_cert
                 else None,
             )
-            self.channel = grpc.secure_channel(self.address, credentials, options=options)
+            self.channels = [
+                grpc.secure_channel(self.address, credentials, options=options)
+                for _ in range(connections)
+            ]
         else:
-            self.channel = grpc.insecure_channel(self.address, options=options)
-        self.stub = vae_pb2_grpc.VaeServiceStub(self.channel)
+            self.channels = [
+                grpc.insecure_channel(self.address, options=options) for _ in range(connections)
+            ]
+        self.channel = self.channels[0]
+        self._stubs = [vae_pb2_grpc.VaeServiceStub(channel) for channel in self.channels]
+        self._turn = itertools.count()  # next() is atomic: threads may share the client
         self.timeout = timeout
 
+    @property
+    def stub(self) -> vae_pb2_grpc.VaeServiceStub:
+        """The stub of the connection whose turn it is (each call takes the next one)."""
+        return self._stubs[next(self._turn) % len(self._stubs)]
+
     def close(self) -> None:
-        self.channel.close()
+        for channel in self.channels:
+            channel.close()
 
     def __enter__(self) -> VaeClient:
         return self

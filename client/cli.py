@@ -161,6 +161,13 @@ def build_parser() -> StrictParser:
     )
     parser.option("--version", opt.integer(0), 0, "model version (0: latest)")
     parser.option("--timeout", opt.number(above=0), 30.0, "deadline per call, seconds")
+    parser.option(
+        "--connections",
+        opt.integer(1),
+        1,
+        "TCP connections the client's calls take in turn (a connection reaches one server process)",
+        env="VAE_CONNECTIONS",
+    )
     for flag, env, help_text in (
         ("--tls-ca", "VAE_TLS_CA", "PEM CA that signed the server's certificate: connect with TLS"),
         ("--tls-cert", "VAE_TLS_CLIENT_CERT", "PEM client certificate, for servers requiring mTLS"),
@@ -314,6 +321,7 @@ def main(argv: list[str] | None = None) -> int:
             tls_ca=args.tls_ca,
             tls_cert=args.tls_cert,
             tls_key=args.tls_key,
+            connections=args.connections,
         )
     except TlsFileError as exc:
         print(f"vae-client: {exc}", file=sys.stderr)

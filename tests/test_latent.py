@@ -66,3 +66,16 @@ def test_slerp_of_parallel_vectors_falls_back_to_lerp():
     assert np.allclose(
         latent_space.slerp(start, 2 * start, 3), latent_space.lerp(start, 2 * start, 3)
     )
+
+
+def test_seeded_normal_is_philox_keyed_by_the_seed_whatever_came_before():
+    normal = latent_space.SeededNormal()
+    normal.draw(99, 5, 3)  # a draw of another seed leaves nothing behind
+    for seed in (0, 7, 2**63 - 1):
+        expected = np.random.Generator(np.random.Philox(key=seed)).standard_normal(
+            (4, 6), dtype=np.float32
+        )
+        assert np.array_equal(normal.draw(seed, 4, 6), expected)
+        assert np.array_equal(normal.draw(seed, 4, 6, 0.5), expected * np.float32(0.5))
+        assert np.array_equal(latent_space.sample_prior(4, 6, seed), expected)
+    assert latent_space.SEED_SCHEME == 2

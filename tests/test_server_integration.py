@@ -433,3 +433,46 @@ def test_metrics_expose_latency_histograms_and_the_provider(live_server, stub):
         'vae_model_loaded{model="tiny-vae",provider="CPUExecutionProvider",version="1"} 1.0' in text
     )
     assert "process_resident_memory_bytes" in text
+
+
+@pytest.mark.parametrize(
+    ("method", "message"),
+    [
+        ("/vae.v1.VaeService/Sample", "vae.v1.SampleRequest"),
+        ("/vae.v1.VaeService/SampleStream", "vae.v1.SampleStreamRequest"),
+        ("/inference.GRPCInferenceService/ModelInfer", "inference.ModelInferRequest"),
+        ("/inference.GRPCInferenceService/ServerReady", "inference.ServerReadyRequest"),
+    ],
+)
+def test_a_request_that_does_not_parse_is_invalid_argument_naming_the_method(
+    channel, method, message
+):
+    # Field 1 as a length-delimited value that claims 100 bytes and brings 1: not a message.
+    garbage = b"\x0a\x64\x00"
+    if method.endswith("SampleStream"):
+        call = channel.unary_stream(method)(garbage, timeout=10)
+        with pytest.raises(grpc.RpcError) as refused:
+            list(call)
+    else:
+        with pytest.raises(grpc.RpcError) as refused:
+            channel.unary_unary(method)(garbage, timeout=10)
+    assert refused.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+    details = refused.value.details()
+    assert details.startswith(f"{method}: the request is not a valid {message} message")
+    # The server goes on answering well-formed calls on the same channel.
+    reply = vae_pb2_grpc.VaeServiceStub(channel).Sample(
+        vae_pb2.SampleRequest(model=vae_pb2.ModelRef(name="tiny-vae"), count=1, seed=1), timeout=10
+    )
+    assert len(reply.latents.shape) == 2
+
+
+def test_sample_draws_seed_scheme_2_a_client_can_repeat_offline(stub):
+    reply = stub.Sample(
+        vae_pb2.SampleRequest(model=vae_pb2.ModelRef(name="tiny-vae"), count=3, seed=12345),
+        timeout=30,
+    )
+    latents = tensor_to_numpy(reply.latents)
+    offline = np.random.Generator(np.random.Philox(key=12345)).standard_normal(
+        latents.shape, dtype=np.float32
+    )
+    assert np.array_equal(latents, offline)

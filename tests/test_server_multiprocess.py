@@ -82,6 +82,43 @@ def test_two_processes_share_the_port_and_both_answer(repository, tmp_path):
         assert len(prefixes) == 2, f"all 24 connections went to one process: {prefixes}"
 
 
+def test_a_second_vae_serve_on_a_held_port_refuses_to_start(repository, tmp_path):
+    import subprocess
+    import sys
+
+    with serve_process(repository, tmp_path, "--processes=2") as served:
+        second = subprocess.run(
+            [sys.executable, "-m", "server.process.cli", f"--repository={repository}",
+             "--host=127.0.0.1", f"--port={served.port}", "--metrics-port=0", "--processes=2",
+             "--providers=CPUExecutionProvider"],
+            capture_output=True, text=True, timeout=120,
+        )  # fmt: skip
+        ids = request_ids(served.port, 4)  # the first server still answers every connection
+    assert second.returncode == 2
+    errors = [line for line in second.stderr.splitlines() if line.strip()]
+    assert len(errors) == 1, second.stderr
+    assert f"cannot serve gRPC on 127.0.0.1:{served.port}" in errors[0]
+    assert "another vae-serve" in errors[0] and "--port" in errors[0]
+    assert len(ids) == 4
+
+
+def test_a_vae_client_with_several_connections_reaches_every_process(repository, tmp_path):
+    from client.api import VaeClient
+
+    with (
+        serve_process(repository, tmp_path, "--processes=2") as served,
+        VaeClient(f"127.0.0.1:{served.port}", connections=16) as client,
+    ):
+        prefixes = set()
+        for seed in range(32):
+            _, call = client.stub.Sample.with_call(sample_request(seed=seed), timeout=30)
+            prefixes.add(dict(call.trailing_metadata())["x-request-id"][:8])
+        images, _, _ = client.sample(2, seed=3, model="tiny-vae")
+    # 16 connections all on one of two processes: 1 in 2**15 with the kernel's spread.
+    assert len(prefixes) == 2, prefixes
+    assert images.shape[0] == 2
+
+
 def test_metrics_add_up_every_processs_calls(repository, tmp_path):
     with serve_process(repository, tmp_path, "--processes=2") as served:
         request_ids(served.port, 20)

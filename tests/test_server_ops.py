@@ -8,6 +8,7 @@ import signal
 import subprocess
 import sys
 import threading
+import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -187,3 +188,39 @@ def test_the_server_and_client_import_without_torch():
         [sys.executable, "-c", code], capture_output=True, text=True, timeout=60, env=env
     )
     assert result.stdout.strip() == "ok", result.stderr
+
+
+def test_max_connection_age_makes_a_client_reconnect_without_failing_a_call(repository):
+    from tests.server_helpers import running_server, sample_request, settings
+
+    config = settings(
+        repository, max_connection_age_seconds=0.4, max_connection_age_grace_seconds=5.0
+    )
+    states: list[grpc.ChannelConnectivity] = []
+    with (
+        running_server(config) as server,
+        grpc.insecure_channel(f"127.0.0.1:{server.port}") as channel,
+    ):
+        channel.subscribe(states.append, try_to_connect=True)
+        stub = vae_pb2_grpc.VaeServiceStub(channel)
+        deadline = time.monotonic() + 3.0
+        answered = 0
+        while time.monotonic() < deadline:
+            stub.Sample(sample_request(count=1), timeout=10, wait_for_ready=True)
+            answered += 1
+            time.sleep(0.02)
+    ready = states.count(grpc.ChannelConnectivity.READY)
+    assert answered > 10
+    # The server closed the connection as it aged and the channel connected again, several times.
+    assert ready >= 3, states
+
+
+def test_max_connection_age_is_off_by_default_and_reads_its_variable(monkeypatch):
+    from server.process.app import grpc_options
+    from server.process.settings import parse_settings
+
+    assert "grpc.max_connection_age_ms" not in dict(grpc_options(parse_settings([]), False))
+    monkeypatch.setenv("VAE_MAX_CONNECTION_AGE_SECONDS", "300")
+    options = dict(grpc_options(parse_settings([]), False))
+    assert options["grpc.max_connection_age_ms"] == 300_000
+    assert options["grpc.max_connection_age_grace_ms"] == 10_000

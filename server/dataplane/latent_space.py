@@ -1,5 +1,13 @@
 """Latent-space arithmetic in numpy: prior sampling (N(0, I) or a learned Gaussian mixture),
-reparameterisation, linear and spherical paths."""
+reparameterisation, linear and spherical paths.
+
+Seeds (seed scheme 2): a seed keys numpy's Philox4x64 counter-based generator, `Philox(key=seed)`,
+counter 0, and z is its `standard_normal` stream in float32, row after row. The same seed gives the
+same z whatever else the server is doing, and a client can reproduce it offline with
+`numpy.random.Generator(numpy.random.Philox(key=seed))`. Scheme 1 (before 2026-12) seeded PCG64
+through a SeedSequence, `numpy.random.default_rng(seed)`: the same images need scheme 1's z, which a
+client can draw offline and send to Decode.
+"""
 
 from __future__ import annotations
 
@@ -12,8 +20,39 @@ from server.repository import GaussianMixture
 _STANDARD_NORMAL = NormalDist()
 
 
+SEED_SCHEME = 2
+
+
 def prior_generator(seed: int) -> np.random.Generator:
-    return np.random.default_rng(seed)
+    """A fresh generator for `seed` (seed scheme 2): what SampleStream and the mixture draw from."""
+    return np.random.Generator(np.random.Philox(key=seed))
+
+
+class SeededNormal:
+    """Draws of prior_generator(seed).standard_normal without building a generator per call: one
+    Philox generator, re-keyed for each draw (setting its state costs a fraction of building one,
+    whose constructor also runs a SeedSequence). Not thread-safe: one per event loop."""
+
+    def __init__(self) -> None:
+        self._bits = np.random.Philox(key=0)
+        self._generator = np.random.Generator(self._bits)
+        self._counter = np.zeros(4, dtype=np.uint64)
+        self._buffer = np.zeros(4, dtype=np.uint64)
+
+    def draw(self, seed: int, count: int, latent_dim: int, temperature: float = 1.0) -> np.ndarray:
+        """(count, latent_dim) float32 z ~ N(0, temperature^2 I), the first rows of seed's stream."""
+        self._bits.state = {
+            "bit_generator": "Philox",
+            "state": {"counter": self._counter, "key": np.array([seed, 0], dtype=np.uint64)},
+            "buffer": self._buffer,
+            "buffer_pos": 4,
+            "has_uint32": 0,
+            "uinteger": 0,
+        }
+        z = self._generator.standard_normal((count, latent_dim), dtype=np.float32)
+        if temperature != 1.0:
+            z *= np.float32(temperature)
+        return z
 
 
 def draw_prior(
@@ -76,7 +115,7 @@ def draw_latents(
 
 def reparameterise(mean: np.ndarray, log_variance: np.ndarray, seed: int) -> np.ndarray:
     """z = mean + exp(log_variance / 2) * eps, eps ~ N(0, I) (Kingma & Welling 2014, section 2.4)."""
-    eps = np.random.default_rng(seed).standard_normal(mean.shape, dtype=np.float32)
+    eps = prior_generator(seed).standard_normal(mean.shape, dtype=np.float32)
     return (mean + np.exp(0.5 * log_variance) * eps).astype(np.float32)
 
 

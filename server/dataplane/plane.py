@@ -2,6 +2,10 @@
 
 It knows nothing of gRPC; the servicer converts protobuf to the arguments here and back. Every refusal
 raises a ServiceError whose message says what was wrong and what is allowed.
+
+A Sample call's work here is a few checks, one seeded draw (latent_space.SeededNormal: the
+counter-based Philox generator keyed by the seed, re-keyed per call instead of built) and
+`await model.decoder.submit(...)` into the batcher (server/inference/batching.py).
 """
 
 from __future__ import annotations
@@ -49,6 +53,7 @@ class DataPlane:
         self.store = store
         self.limits = limits
         self.metrics = metrics
+        self._normal = latent_space.SeededNormal()  # the event loop's thread only
 
     # --- validation -----------------------------------------------------------------------------
 
@@ -129,7 +134,7 @@ class DataPlane:
     ) -> Encoded:
         self._check_images(model, images, "images")
         self._check_rows(len(images), "images")
-        images = self.check_image_range(images, "images", clamp)
+        images = np.ascontiguousarray(self.check_image_range(images, "images", clamp), np.float32)
         label_array = self._labels(model, labels, len(images))
         mean, log_variance = await model.encode(images, label_array)
         latents = None
@@ -148,7 +153,7 @@ class DataPlane:
         self._check_latents(model, latents, "latents")
         self._check_rows(len(latents), "latents")
         label_array = self._labels(model, labels, len(latents))
-        images = await model.decode(latents, label_array)
+        images = await model.decode(np.ascontiguousarray(latents, np.float32), label_array)
         return Generated(images, latents, model)
 
     def _sample_params(
@@ -204,15 +209,18 @@ class DataPlane:
             model, count, self.limits.max_samples, temperature, label
         )
         mixture = self._prior_mixture(model, prior)
-        labels = None if one_label is None else np.repeat(one_label, count)
         used_seed = self._seed(seed)
-        rng = latent_space.prior_generator(used_seed)
-        latents = latent_space.draw_latents(
-            rng, count, model.metadata.latent_dim, temperature, mixture
-        )
-        images = await model.decode(latents, labels)
-        self.metrics.child(self.metrics.samples, model.metadata.name).inc(count)
-        return Generated(images, latents, model, used_seed)
+        if mixture is None:  # (count, D) ~ N(0, temperature^2 I)
+            latents = self._normal.draw(used_seed, count, model.metadata.latent_dim, temperature)
+        else:
+            rng = latent_space.prior_generator(used_seed)
+            latents = latent_space.draw_mixture(rng, count, mixture, temperature)
+        inputs = [latents] if one_label is None else [latents, np.repeat(one_label, count)]
+        (images,) = await model.decoder.submit(inputs)  # (count, C, H, W)
+        counts = self.metrics.samples_pending
+        name = model.metadata.name
+        counts[name] = counts.get(name, 0) + count
+        return Generated(images, latents, model, used_seed)  # type: ignore[arg-type]
 
     async def sample_stream(
         self,
@@ -244,7 +252,8 @@ class DataPlane:
             latents = latent_space.draw_latents(rng, rows, dim, temperature, mixture)  # (rows, D)
             labels = None if one_label is None else np.repeat(one_label, rows)
             images = await model.decode(latents, labels)
-            self.metrics.child(self.metrics.samples, model.metadata.name).inc(rows)
+            counts = self.metrics.samples_pending
+            counts[model.metadata.name] = counts.get(model.metadata.name, 0) + rows
             yield Generated(images, latents, model, used_seed)
 
     async def interpolate(

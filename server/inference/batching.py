@@ -7,7 +7,14 @@ batcher; LitServe's `batch_timeout`), runs them as one call and splits the outpu
 
 With no queue delay (the default) a batch starts on the next turn of the event loop, after every
 handler that is ready in this turn has queued its rows, so calls that arrive while the model is busy
-ride together in the next batch and a lone caller waits for nothing.
+ride together in the next batch. A caller that finds the batcher idle and the loop with nothing else
+to run (no other call could join it) runs at once, inside its own `await submit(...)`: no future, no
+extra loop turn (on the loop's thread and without a queue delay only: a delay asks lone callers to
+wait for company).
+
+The run function is the onnxruntime session's own `run` with the feeds built here (`session_runner`),
+so a model call goes from the data plane into this module and onnxruntime and nowhere else. Batches
+are recorded by appending to a `BatchLog` (server/metrics.py folds them in at its next flush).
 
 Where the call runs: `offload=None` runs it on the loop thread (a CPU model call of a fraction of a
 millisecond costs less than handing it to a thread and back); an Executor runs it there while the loop
@@ -33,11 +40,23 @@ log = logging.getLogger(__name__)
 
 # One call: (inputs, each (N, ...)) -> outputs, each (N, ...) (outputs may be None, e.g. an AE's logvar).
 RunFunction = Callable[[Sequence[np.ndarray | None]], Sequence[np.ndarray | None]]
-# Called once per executed batch: (rows, inference seconds, queue wait seconds of each request).
-BatchObserver = Callable[[int, float, list[float]], None]
-# Called with the rows waiting whenever that changes (the queue-depth gauge).
+# Called once per executed batch with (rows, inference seconds, queue wait seconds of each request);
+# a BatchLog's `records.append`, so recording costs one list append.
+BatchObserver = Callable[[tuple[int, float, list[float]]], None]
+# Called with the rows waiting whenever that changes (tests; the metrics read `queued_rows` instead).
 QueueObserver = Callable[[int], None]
 Outputs = list[np.ndarray | None]
+# An onnxruntime InferenceSession.run (or what stands for it): (output names or None, feeds) -> outputs.
+SessionRun = Callable[[None, dict[str, np.ndarray]], Sequence[np.ndarray]]
+
+
+def session_runner(run: SessionRun, input_names: Sequence[str]) -> RunFunction:
+    """A RunFunction over a session: inputs in the graph's input order -> the graph's outputs."""
+    names = tuple(input_names)
+    if len(names) == 1:
+        (only,) = names
+        return lambda inputs: run(None, {only: inputs[0]})  # type: ignore[dict-item]
+    return lambda inputs: run(None, dict(zip(names, inputs, strict=True)))  # type: ignore[arg-type]
 
 
 @dataclass(frozen=True)
@@ -103,6 +122,30 @@ async def run_model(
     return await asyncio.get_running_loop().run_in_executor(offload, run, inputs)
 
 
+class Unbatched:
+    """One model component without batching: each request runs alone, with the Batcher's interface."""
+
+    def __init__(
+        self,
+        run: RunFunction,
+        observe: BatchObserver | None = None,
+        offload: Executor | None = None,
+    ) -> None:
+        self._run = run
+        self._observe = observe or (lambda record: None)
+        self._offload = offload
+        self.queued_rows = 0
+
+    async def submit(self, inputs: Sequence[np.ndarray | None]) -> Outputs:
+        started = time.perf_counter()
+        outputs = list(await run_model(self._run, inputs, self._offload))
+        self._observe((len(inputs[0]), time.perf_counter() - started, [0.0]))  # type: ignore[arg-type]
+        return outputs
+
+    def close(self) -> None:
+        """Nothing queues here."""
+
+
 class Batcher:
     """A bounded queue of one model component's requests, batched on the running event loop."""
 
@@ -118,10 +161,12 @@ class Batcher:
         self.name = name
         self.config = config
         self._run = run
-        self._observe = observe or (lambda rows, seconds, waits: None)
-        self._observe_queue = observe_queue or (lambda rows: None)
+        self._observe = observe or (lambda record: None)
+        self._observe_queue = observe_queue
         self._settle_seconds = config.max_settle_ms / 1000.0
         self._offload = offload
+        # A lone caller may run at once: on the loop's thread, with no queue delay asked for.
+        self._inline = offload is None and config.max_queue_delay_ms <= 0
         self._queue: deque[_Pending] = deque()
         self._queued_rows = 0
         self._busy = False  # a batch is scheduled or running; it schedules the next one when done
@@ -145,6 +190,13 @@ class Batcher:
                 "retry later or raise --max-queue-rows"
             )
         loop = asyncio.get_running_loop()
+        if self._inline and not self._busy and not self._queue and not getattr(loop, "_ready", 1):
+            # Idle, and nothing else ready on the loop (CPython's asyncio; elsewhere never taken):
+            # no other request can join this one, so run it now, without a future or a loop turn.
+            started = time.perf_counter()
+            outputs = list(self._run(inputs))
+            self._observe((rows, time.perf_counter() - started, [0.0]))
+            return outputs
         future: asyncio.Future[Outputs] = loop.create_future()
         self._queue.append(_Pending(inputs, rows, future, time.perf_counter()))
         self._queued_rows += rows
@@ -155,7 +207,8 @@ class Batcher:
 
     def _schedule(self, loop: asyncio.AbstractEventLoop) -> None:
         """Arrange the next batch: on the next loop turn, or when the oldest request's delay is up."""
-        self._observe_queue(self._queued_rows)
+        if self._observe_queue is not None:
+            self._observe_queue(self._queued_rows)
         delay = self.config.max_queue_delay_ms / 1000.0
         if delay <= 0 or self._queued_rows >= self.config.max_batch_size or self._closed:
             self._busy = True
@@ -201,7 +254,8 @@ class Batcher:
             if not head.future.done():  # done here means cancelled: its caller has gone
                 batch.append(head)
                 rows += head.rows
-        self._observe_queue(self._queued_rows)
+        if self._observe_queue is not None:
+            self._observe_queue(self._queued_rows)
         return batch
 
     def _start(self) -> None:
@@ -247,7 +301,7 @@ class Batcher:
                     p.future.set_exception(failure)
         else:
             rows = [p.rows for p in batch]
-            self._observe(sum(rows), time.perf_counter() - started, waits)
+            self._observe((sum(rows), time.perf_counter() - started, waits))
             for p, part in zip(batch, split_outputs(outputs, rows), strict=True):
                 if not p.future.done():
                     p.future.set_result(part)

@@ -5,12 +5,14 @@ from __future__ import annotations
 import functools
 import logging
 import time
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 import onnxruntime as ort
 
+from server.inference.batching import RunFunction, session_runner
 from server.repository import (
     GaussianMixture,
     ModelMetadata,
@@ -170,6 +172,21 @@ class ModelSessions:
             binding.bind_output(output.name, "cuda", self._device_id)
         session.run_with_iobinding(binding)
         return binding.copy_outputs_to_cpu()
+
+    def run_function(self, component: str) -> RunFunction:
+        """What a batcher calls for `component` ("encoder" or "decoder"): inputs in the graph's
+        input order (float32 values, then int64 labels for conditional models) -> the graph's
+        outputs. On CPU it is the session's own run (batching.session_runner); on a GPU, run with
+        I/O binding."""
+        session = self.encoder if component == "encoder" else self.decoder
+        names = [i.name for i in session.get_inputs()]
+        if not self.io_binding:
+            return session_runner(session.run, names)
+
+        def bound(inputs: Sequence[np.ndarray | None]) -> Sequence[np.ndarray | None]:
+            return self._run(session, dict(zip(names, inputs, strict=True)))  # type: ignore[arg-type]
+
+        return bound
 
     def encode(
         self, images: np.ndarray, labels: np.ndarray | None = None

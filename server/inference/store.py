@@ -54,6 +54,18 @@ def _fingerprint(path: Path) -> float:
         return 0.0
 
 
+def _lookup_table(models: dict[str, dict[int, ServedModel]]) -> dict[tuple[str, int], ServedModel]:
+    table: dict[tuple[str, int], ServedModel] = {}
+    for name, versions in models.items():
+        for version, served in versions.items():
+            table[(name, version)] = served
+        table[(name, 0)] = versions[max(versions)]
+    if len(models) == 1:
+        (name,) = models
+        table[("", 0)] = table[(name, 0)]
+    return table
+
+
 class ModelStore:
     """All served versions, `{name: {version: ServedModel}}`, replaced whole under a lock."""
 
@@ -69,6 +81,10 @@ class ModelStore:
         self._factory = served_model_factory
         self._close = close_served_model or ServedModel.close
         self._models: dict[str, dict[int, ServedModel]] = {}
+        # (name, version) -> served model for every name and version a request may give that
+        # resolves: version 0 is the latest, and name "" the only model when one is loaded. Replaced
+        # whole on reload, so the hot path reads it without a lock; misses go through get().
+        self.table: dict[tuple[str, int], ServedModel] = {}
         self._lock = threading.Lock()
         self._reload_lock = threading.Lock()  # one scan at a time (poll thread and SIGHUP)
         self._rejected: dict[tuple[str, int], float] = {}  # version -> fingerprint when it failed
@@ -136,6 +152,7 @@ class ModelStore:
                     del current[name]
             with self._lock:
                 self._models = current
+                self.table = _lookup_table(current)
                 self.failures = [*self.failures, *result.failed]
             for served in gone:
                 meta = served.metadata

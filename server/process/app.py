@@ -27,6 +27,7 @@ from server.dataplane.plane import DataPlane
 from server.fronts.calls import CallRunner
 from server.fronts.grpc import oip, reflection_v1
 from server.fronts.grpc.health import HealthServicer
+from server.fronts.grpc.registration import add_servicer
 from server.fronts.grpc.vae_v1 import VaeServicer
 from server.fronts.readiness import (
     API_SERVICE,
@@ -66,13 +67,24 @@ class StartupError(RuntimeError):
 
 def grpc_options(settings: Settings, shared_port: bool) -> list[tuple[str, int]]:
     limit = settings.limits.max_message_bytes
-    return [
+    options = [
         ("grpc.max_receive_message_length", limit),
         ("grpc.max_send_message_length", limit),
         # Several processes bind one port only when asked to; otherwise a port in use is an error
         # (gRPC on Linux sets SO_REUSEPORT by default, which would let two servers share it silently).
         ("grpc.so_reuseport", 1 if shared_port else 0),
     ]
+    if settings.max_connection_age_seconds > 0:
+        # gRPC core sends GOAWAY once a connection is this old (with +-10% jitter, so clients do not
+        # reconnect in step), then closes it when its calls finish or the grace runs out.
+        options += [
+            ("grpc.max_connection_age_ms", round(settings.max_connection_age_seconds * 1000)),
+            (
+                "grpc.max_connection_age_grace_ms",
+                round(settings.max_connection_age_grace_seconds * 1000),
+            ),
+        ]
+    return options
 
 
 class VaeServer:
@@ -107,7 +119,7 @@ class VaeServer:
         )
         self.plane = DataPlane(self.store, settings.limits, self.metrics)
         # One CallRunner for every servicer: the drain refuses and waits for the calls of all of them.
-        self.calls = CallRunner(self.metrics)
+        self.calls = CallRunner(self.metrics, self.store)
         self.servicer = VaeServicer(self.store, self.plane, self.metrics, self.calls)
         self.readiness = Readiness(states)
         self.health = HealthServicer(self.readiness)
@@ -303,8 +315,18 @@ class VaeServer:
             options=grpc_options(self.settings, shared),
             maximum_concurrent_rpcs=self.settings.max_concurrent_rpcs,
         )
-        vae_pb2_grpc.add_VaeServiceServicer_to_server(self.servicer, self._grpc)
-        grpc_service_pb2_grpc.add_GRPCInferenceServiceServicer_to_server(self.inference, self._grpc)
+        # Requests that do not parse: INVALID_ARGUMENT naming the method (registration.py).
+        add_servicer(
+            vae_pb2_grpc.add_VaeServiceServicer_to_server,
+            self.servicer,
+            self._grpc,
+            checks_undecodable=True,
+        )
+        add_servicer(
+            grpc_service_pb2_grpc.add_GRPCInferenceServiceServicer_to_server,
+            self.inference,
+            self._grpc,
+        )
         health_pb2_grpc.add_HealthServicer_to_server(self.health, self._grpc)
         names = (
             SERVICE_NAME,

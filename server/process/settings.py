@@ -62,6 +62,11 @@ class Settings:
     # After SIGTERM, report NOT_SERVING but keep answering this long, so load balancers move away
     # first; keep it plus grace_seconds under the pod's terminationGracePeriodSeconds.
     drain_delay_seconds: float = 0.0
+    # Close each client connection after this long (0: never), letting its calls in flight finish
+    # within max_connection_age_grace_seconds, so clients reconnect and spread over the pods and
+    # processes behind a Kubernetes Service (one connection reaches one process).
+    max_connection_age_seconds: float = 0.0
+    max_connection_age_grace_seconds: float = 10.0
     reload_interval_seconds: float = (
         15.0  # repository poll; 0 turns polling off (SIGHUP still works)
     )
@@ -198,6 +203,18 @@ _OPTIONS: list[tuple[str, str, opt.Convert, str]] = [
         "drain_delay_seconds",
         opt.number(0),
         "seconds to keep serving while NOT_SERVING before refusing new calls",
+    ),
+    (
+        "--max-connection-age-seconds",
+        "max_connection_age_seconds",
+        opt.number(0),
+        "close each connection after this long so clients reconnect and spread (0: never)",
+    ),
+    (
+        "--max-connection-age-grace-seconds",
+        "max_connection_age_grace_seconds",
+        opt.number(0),
+        "how long calls in flight on an aged connection may take to finish",
     ),
     (
         "--reload-interval-seconds",

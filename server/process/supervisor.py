@@ -89,12 +89,29 @@ def _worker(
 
 def reserve_port(host: str, port: int) -> socket.socket:
     """Bind (not listen) a SO_REUSEPORT socket on the port, so the children can bind it too and a
-    port 0 becomes one known number; refuses a port another server already holds exclusively."""
+    port 0 becomes one known number. A port something already holds is refused, another vae-serve
+    included: SO_REUSEPORT would let a second server join the first one's port (the same user may
+    share it), and the two would split the calls between two repositories."""
     family = socket.AF_INET6 if ":" in host else socket.AF_INET
+    address = (host.strip("[]"), port)
+    if port:
+        # An exclusive bind first: it fails while any socket, a SO_REUSEPORT one too, holds the
+        # port (SO_REUSEADDR only lets it past connections in TIME_WAIT).
+        probe = socket.socket(family, socket.SOCK_STREAM)
+        probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        try:
+            probe.bind(address)
+        except OSError as exc:
+            raise SupervisorError(
+                f"cannot serve gRPC on {host}:{port}: {exc.strerror} (another vae-serve or another "
+                "program holds it); stop that server or choose another --port"
+            ) from exc
+        finally:
+            probe.close()
     sock = socket.socket(family, socket.SOCK_STREAM)
     sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
     try:
-        sock.bind((host.strip("[]"), port))
+        sock.bind(address)
     except OSError as exc:
         sock.close()
         raise SupervisorError(f"cannot bind gRPC to {host}:{port}: {exc.strerror}") from exc

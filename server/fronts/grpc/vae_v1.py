@@ -4,8 +4,7 @@ to status codes, and counts every call."""
 from __future__ import annotations
 
 import functools
-from collections.abc import Awaitable, Callable
-from typing import TypeVar
+from typing import TypeAlias, TypeVar
 
 import grpc
 import numpy as np
@@ -20,7 +19,7 @@ from server.metrics import Metrics
 from server.proto_gen.vae.v1 import vae_pb2, vae_pb2_grpc
 from server.repository import PRIOR_MIXTURE, PRIOR_STANDARD_NORMAL
 
-Response = TypeVar("Response")
+Context: TypeAlias = grpc.aio.ServicerContext
 ImageResponse = TypeVar(
     "ImageResponse", vae_pb2.DecodeResponse, vae_pb2.SampleResponse, vae_pb2.InterpolateResponse
 )
@@ -100,7 +99,10 @@ def fill_images(response: ImageResponse, generated: Generated, image_format: int
 
 
 class VaeServicer(vae_pb2_grpc.VaeServiceServicer):
-    """vae.v1.VaeService; `calls` runs every call (shared with the other servicers of the process)."""
+    """vae.v1.VaeService; `calls` runs every call (shared with the other servicers of the process).
+
+    Each RPC's handler is built once here (CallRunner.unary: request id, drain, model lookup,
+    metrics, errors) around the method below that does its work; nothing is built per call."""
 
     def __init__(
         self,
@@ -112,143 +114,120 @@ class VaeServicer(vae_pb2_grpc.VaeServiceServicer):
         self.store = store
         self.plane = plane
         self.metrics = metrics
-        self.calls = calls or CallRunner(metrics)
+        self.calls = calls or CallRunner(metrics, store)
+        if self.calls.store is None:
+            self.calls.store = store
         self._max_elements = plane.limits.max_message_bytes // 4
-
-    async def _run(
-        self,
-        rpc: str,
-        context: grpc.aio.ServicerContext,
-        ref: vae_pb2.ModelRef | None,
-        work: Callable[[ServedModel | None], Awaitable[Response]],
-    ) -> Response:
-        """One RPC: request id, model lookup, metrics, and errors to status codes."""
-        resolve = None if ref is None else functools.partial(self.store.get, ref.name, ref.version)
-        return await self.calls.run(rpc, context, resolve, work)
+        unary = self.calls.unary
+        self.Encode = unary("Encode", self._encode, lookup=True)  # type: ignore[method-assign]
+        self.Decode = unary("Decode", self._decode, lookup=True)  # type: ignore[method-assign]
+        self.Sample = unary("Sample", self._sample, lookup=True)  # type: ignore[method-assign]
+        self.SampleStream = unary("SampleStream", self._sample_stream, lookup=True)  # type: ignore[method-assign]
+        self.Interpolate = unary("Interpolate", self._interpolate, lookup=True)  # type: ignore[method-assign]
+        self.GetModelInfo = unary("GetModelInfo", self._model_info, lookup=True)  # type: ignore[method-assign]
+        self.ListModels = unary("ListModels", self._list_models, lookup=False)  # type: ignore[method-assign]
 
     def _tensor(self, tensor: vae_pb2.Tensor, what: str, allow_uint8: bool = False) -> np.ndarray:
         return tensor_from_proto(tensor, what, self._max_elements, allow_uint8)
 
-    async def Encode(self, request: vae_pb2.EncodeRequest, context: grpc.aio.ServicerContext):
-        async def work(model: ServedModel | None) -> vae_pb2.EncodeResponse:
-            assert model is not None
-            images = self._tensor(request.images, "images", allow_uint8=True)
-            seed = request.seed if request.HasField("seed") else None
-            result = await self.plane.encode(
-                model, images, request.labels, request.sample, seed, clamp=request.clamp
-            )
-            response = vae_pb2.EncodeResponse(model=model_ref(model))
-            set_tensor(response.mean, result.mean)
-            if result.log_variance is not None:
-                set_tensor(response.log_variance, result.log_variance)
-            if result.latents is not None:
-                set_tensor(response.latents, result.latents)
-            return response
-
-        return await self._run("Encode", context, request.model, work)
-
-    async def Decode(self, request: vae_pb2.DecodeRequest, context: grpc.aio.ServicerContext):
-        async def work(model: ServedModel | None) -> vae_pb2.DecodeResponse:
-            assert model is not None
-            _check_enum(request.format, vae_pb2.ImageFormat, "format")
-            latents = self._tensor(request.latents, "latents")
-            result = await self.plane.decode(model, latents, request.labels)
-            return fill_images(vae_pb2.DecodeResponse(), result, request.format)
-
-        return await self._run("Decode", context, request.model, work)
-
-    async def Sample(self, request: vae_pb2.SampleRequest, context: grpc.aio.ServicerContext):
-        async def work(model: ServedModel | None) -> vae_pb2.SampleResponse:
-            assert model is not None
-            _check_enum(request.format, vae_pb2.ImageFormat, "format")
-            result = await self.plane.sample(
-                model,
-                request.count,
-                seed=request.seed if request.HasField("seed") else None,
-                temperature=request.temperature,
-                label=request.label if request.HasField("label") else None,
-                prior=_prior(request.prior),
-            )
-            response = vae_pb2.SampleResponse(seed=result.seed)
+    async def _encode(
+        self, model: ServedModel, request: vae_pb2.EncodeRequest, context: Context
+    ) -> vae_pb2.EncodeResponse:
+        images = self._tensor(request.images, "images", allow_uint8=True)
+        seed = request.seed if request.HasField("seed") else None
+        result = await self.plane.encode(
+            model, images, request.labels, request.sample, seed, clamp=request.clamp
+        )
+        response = vae_pb2.EncodeResponse(model=model_ref(model))
+        set_tensor(response.mean, result.mean)
+        if result.log_variance is not None:
+            set_tensor(response.log_variance, result.log_variance)
+        if result.latents is not None:
             set_tensor(response.latents, result.latents)
-            return fill_images(response, result, request.format)
+        return response
 
-        return await self._run("Sample", context, request.model, work)
+    async def _decode(
+        self, model: ServedModel, request: vae_pb2.DecodeRequest, context: Context
+    ) -> vae_pb2.DecodeResponse:
+        _check_enum(request.format, vae_pb2.ImageFormat, "format")
+        latents = self._tensor(request.latents, "latents")
+        result = await self.plane.decode(model, latents, request.labels)
+        return fill_images(vae_pb2.DecodeResponse(), result, request.format)
 
-    async def SampleStream(
-        self, request: vae_pb2.SampleStreamRequest, context: grpc.aio.ServicerContext
+    async def _sample(
+        self, model: ServedModel, request: vae_pb2.SampleRequest, context: Context
+    ) -> vae_pb2.SampleResponse:
+        _check_enum(request.format, vae_pb2.ImageFormat, "format")
+        result = await self.plane.sample(
+            model,
+            request.count,
+            seed=request.seed if request.HasField("seed") else None,
+            temperature=request.temperature,
+            label=request.label if request.HasField("label") else None,
+            prior=_prior(request.prior),
+        )
+        response = vae_pb2.SampleResponse(seed=result.seed)
+        set_tensor(response.latents, result.latents)
+        return fill_images(response, result, request.format)
+
+    async def _sample_stream(
+        self, model: ServedModel, request: vae_pb2.SampleStreamRequest, context: Context
     ) -> None:
         """Chunks of one seeded draw, each written to the call as soon as it is decoded (the write
         waits while the client is slow to read, so memory stays at a chunk or two); the call counts
         as one request from the first chunk to the last."""
+        _check_enum(request.format, vae_pb2.ImageFormat, "format")
+        stream = self.plane.sample_stream(
+            model,
+            request.count,
+            chunk_size=request.chunk_size,
+            seed=request.seed if request.HasField("seed") else None,
+            temperature=request.temperature,
+            label=request.label if request.HasField("label") else None,
+            prior=_prior(request.prior),
+        )
+        offset = 0
+        async for chunk in stream:
+            response = vae_pb2.SampleResponse(seed=chunk.seed, offset=offset)
+            set_tensor(response.latents, chunk.latents)
+            await context.write(fill_images(response, chunk, request.format))
+            offset += len(chunk.images)
 
-        async def work(model: ServedModel | None) -> None:
-            assert model is not None
-            _check_enum(request.format, vae_pb2.ImageFormat, "format")
-            stream = self.plane.sample_stream(
-                model,
-                request.count,
-                chunk_size=request.chunk_size,
-                seed=request.seed if request.HasField("seed") else None,
-                temperature=request.temperature,
-                label=request.label if request.HasField("label") else None,
-                prior=_prior(request.prior),
-            )
-            offset = 0
-            async for chunk in stream:
-                response = vae_pb2.SampleResponse(seed=chunk.seed, offset=offset)
-                set_tensor(response.latents, chunk.latents)
-                await context.write(fill_images(response, chunk, request.format))
-                offset += len(chunk.images)
+    async def _interpolate(
+        self, model: ServedModel, request: vae_pb2.InterpolateRequest, context: Context
+    ) -> vae_pb2.InterpolateResponse:
+        _check_enum(request.method, vae_pb2.InterpolationMethod, "method")
+        _check_enum(request.format, vae_pb2.ImageFormat, "format")
+        ends: dict[str, np.ndarray] = {}
+        which = request.WhichOneof("endpoints")
+        if which == "images":
+            ends["start_image"] = self._tensor(request.images.start, "images.start", True)
+            ends["end_image"] = self._tensor(request.images.end, "images.end", True)
+        elif which == "latents":
+            ends["start_latent"] = self._tensor(request.latents.start, "latents.start")
+            ends["end_latent"] = self._tensor(request.latents.end, "latents.end")
+        result = await self.plane.interpolate(
+            model,
+            request.steps,
+            spherical=request.method == vae_pb2.INTERPOLATION_METHOD_SPHERICAL,
+            label=request.label if request.HasField("label") else None,
+            clamp=request.clamp,
+            **ends,
+        )
+        response = vae_pb2.InterpolateResponse()
+        set_tensor(response.latents, result.latents)
+        return fill_images(response, result, request.format)
 
-        await self._run("SampleStream", context, request.model, work)
+    async def _model_info(
+        self, model: ServedModel, request: vae_pb2.GetModelInfoRequest, context: Context
+    ) -> vae_pb2.ModelInfo:
+        return model_info(model, self.store.versions(model.metadata.name))
 
-    async def Interpolate(
-        self, request: vae_pb2.InterpolateRequest, context: grpc.aio.ServicerContext
-    ):
-        async def work(model: ServedModel | None) -> vae_pb2.InterpolateResponse:
-            assert model is not None
-            _check_enum(request.method, vae_pb2.InterpolationMethod, "method")
-            _check_enum(request.format, vae_pb2.ImageFormat, "format")
-            ends: dict[str, np.ndarray] = {}
-            which = request.WhichOneof("endpoints")
-            if which == "images":
-                ends["start_image"] = self._tensor(request.images.start, "images.start", True)
-                ends["end_image"] = self._tensor(request.images.end, "images.end", True)
-            elif which == "latents":
-                ends["start_latent"] = self._tensor(request.latents.start, "latents.start")
-                ends["end_latent"] = self._tensor(request.latents.end, "latents.end")
-            result = await self.plane.interpolate(
-                model,
-                request.steps,
-                spherical=request.method == vae_pb2.INTERPOLATION_METHOD_SPHERICAL,
-                label=request.label if request.HasField("label") else None,
-                clamp=request.clamp,
-                **ends,
-            )
-            response = vae_pb2.InterpolateResponse()
-            set_tensor(response.latents, result.latents)
-            return fill_images(response, result, request.format)
-
-        return await self._run("Interpolate", context, request.model, work)
-
-    async def GetModelInfo(
-        self, request: vae_pb2.GetModelInfoRequest, context: grpc.aio.ServicerContext
-    ):
-        async def work(model: ServedModel | None) -> vae_pb2.ModelInfo:
-            assert model is not None
-            return model_info(model, self.store.versions(model.metadata.name))
-
-        return await self._run("GetModelInfo", context, request.model, work)
-
-    async def ListModels(
-        self, request: vae_pb2.ListModelsRequest, context: grpc.aio.ServicerContext
-    ):
-        async def work(model: ServedModel | None) -> vae_pb2.ListModelsResponse:
-            models = [
-                model_info(served, self.store.versions(served.metadata.name))
-                for served in self.store.all_latest()
-            ]
-            return vae_pb2.ListModelsResponse(models=models)
-
-        return await self._run("ListModels", context, None, work)
+    async def _list_models(
+        self, model: None, request: vae_pb2.ListModelsRequest, context: Context
+    ) -> vae_pb2.ListModelsResponse:
+        models = [
+            model_info(served, self.store.versions(served.metadata.name))
+            for served in self.store.all_latest()
+        ]
+        return vae_pb2.ListModelsResponse(models=models)
