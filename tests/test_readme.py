@@ -1,6 +1,6 @@
 """README.md and the documentation site say what is true: every command line they show parses with
 the real parsers, the commands they name are where they say after `make demo`, what they say of hot
-reload holds."""
+reload holds, and the README stays a newcomer's short page whose links all lead somewhere."""
 
 from __future__ import annotations
 
@@ -108,3 +108,27 @@ def test_the_docs_say_servers_pick_up_new_versions_without_a_restart():
     serve_env = (ROOT / "k8s" / "base" / "serve.env").read_text()  # the pods' settings
     overrides = re.findall(r"^VAE_RELOAD_INTERVAL_SECONDS=(.*)$", serve_env, re.M)
     assert all(float(value) == seconds for value in overrides), overrides
+
+
+# --------------------------------------------------------------------- the README, a newcomer's page
+
+
+def test_the_readme_fits_on_two_screens():
+    assert len(README.splitlines()) <= 200
+
+
+def test_the_readme_has_the_two_commands_the_five_commands_and_a_picture():
+    assert "make demo" in README and "make test" in README
+    for command in ("vae-train", "vae-export", "vae-serve", "vae-client", "vae-bench"):
+        assert f"`{command}`" in README, command
+    pictures = re.findall(r"!\[[^\]]*\]\(([^)]+)\)", README)
+    assert pictures and all((ROOT / p).is_file() for p in pictures), pictures
+
+
+def test_every_relative_link_in_the_readme_leads_to_a_file_and_the_docs_are_linked():
+    targets = [t for t in re.findall(r"\]\(([^)\s]+)\)", README) if "://" not in t]
+    missing = [t for t in targets if not (ROOT / t.split("#")[0]).exists()]
+    assert not missing, missing
+    linked = {t.split("#")[0] for t in targets if t.startswith("docs/")}
+    for page in ("docs/getting-started.md", "docs/reference/flags.md", "docs/api/grpc.md"):
+        assert page in linked, page
