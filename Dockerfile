@@ -10,9 +10,9 @@
 # conflicting, and the build fails if both distributions got in anyway.
 #
 # The serving images hold the `server` and `client` packages and their dependencies only: onnxruntime, grpcio, numpy,
-# protobuf, prometheus-client, pillow; no torch. Every vae-serve option is also a VAE_* variable, so
+# protobuf, prometheus-client, pillow, uvicorn, httptools, orjson; no torch. Every vae-serve option is also a VAE_* variable, so
 # they are configured by environment; the model repository is expected at /models (VAE_REPOSITORY).
-# Ports: 50051 gRPC, 9090 /metrics, 50052 the plaintext health listener (on by default when TLS is,
+# Ports: 50051 gRPC, 8080 HTTP (v2 REST, image routes, the explorer), 9090 /metrics, 50052 the plaintext health listener (on by default when TLS is,
 # VAE_HEALTH_PORT), which the HEALTHCHECK asks when it is on.
 # Processes: no VAE_PROCESSES here on purpose. vae-serve then runs one server process per core the
 # container may run on (its CPU affinity: `docker run --cpuset-cpus`); a CPU quota (`--cpus 2`) does
@@ -142,7 +142,7 @@ ENV PATH=/opt/venv/bin:$PATH \
     VAE_REPOSITORY=/models \
     VAE_PROVIDERS=CPUExecutionProvider
 WORKDIR /tmp
-EXPOSE 50051 9090 50052
+EXPOSE 50051 8080 9090 50052
 USER 10001:10001
 HEALTHCHECK --interval=15s --timeout=5s --start-period=120s --retries=3 \
     CMD ["python", "/opt/vae/healthcheck.py"]
@@ -171,7 +171,7 @@ ENV PATH=/opt/venv/bin:$PATH \
     VAE_REPOSITORY=/models \
     VAE_PROVIDERS=CUDAExecutionProvider,CPUExecutionProvider
 WORKDIR /tmp
-EXPOSE 50051 9090 50052
+EXPOSE 50051 8080 9090 50052
 USER 10001:10001
 HEALTHCHECK --interval=15s --timeout=5s --start-period=120s --retries=3 \
     CMD ["python", "/opt/vae/healthcheck.py"]

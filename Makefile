@@ -2,7 +2,7 @@
 UV := ./scripts/uv.sh
 export UV_PYTHON_DOWNLOADS := never
 
-.PHONY: demo test system-tools lint typecheck proto check-proto sync sync-train clean lint-docker validate-k8s checkov-training
+.PHONY: demo test system-tools lint typecheck proto check-proto sync sync-train clean lint-docker validate-k8s checkov-training docs docs-serve flags
 
 sync:            ## the torch-free server (CPU onnxruntime) and client with the dev tools
 	$(UV) sync --frozen --extra cpu --extra dev
@@ -50,5 +50,15 @@ checkov-training: ## checkov on the rendered training manifests (k8s/storage, k8
 	done && \
 	$(UV) tool run --from $(CHECKOV) checkov -d "$$rendered" --framework kubernetes --compact --quiet --skip-download
 
+# The documentation site (mkdocs.yml, docs/): strict, offline; `make test` builds it too (tests/test_docs.py).
+docs: sync-train ## build the documentation site into site/
+	NO_MKDOCS_2_WARNING=1 $(UV) run --frozen --no-sync mkdocs build --strict
+
+docs-serve: sync-train ## serve the documentation site at http://127.0.0.1:8000, rebuilt on every change
+	NO_MKDOCS_2_WARNING=1 $(UV) run --frozen --no-sync mkdocs serve
+
+flags: sync-train ## regenerate docs/reference/flags.md from the five commands' parsers
+	$(UV) run --frozen --no-sync python scripts/flag_reference.py
+
 clean:
-	rm -rf runs model_repository demo_output .pytest_cache .ruff_cache .mypy_cache
+	rm -rf runs model_repository demo_output site .pytest_cache .ruff_cache .mypy_cache

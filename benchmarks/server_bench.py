@@ -139,7 +139,7 @@ def mean_batch(metrics_port: int) -> float:
 
 def serve_command(repository: str, metrics_port: int, *flags: str) -> list[str]:
     return [PY, "-m", "server.process.cli", f"--repository={repository}", "--host=127.0.0.1",
-            "--port=0", f"--metrics-port={metrics_port}", "--metrics-host=127.0.0.1",
+            "--port=0", "--http-port=0", f"--metrics-port={metrics_port}", "--metrics-host=127.0.0.1",
             "--reload-interval-seconds=0", "--log-level=WARNING", *flags]  # fmt: skip
 
 

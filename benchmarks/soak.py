@@ -80,7 +80,7 @@ def main() -> int:
     parser.add_argument("--output", type=Path, default=Path("benchmarks/results/soak.json"))
     args = parser.parse_args()
     command = [sys.executable, "-m", "server.process.cli", f"--repository={args.repository}",
-               "--host=127.0.0.1", "--port=0", "--metrics-host=127.0.0.1",
+               "--host=127.0.0.1", "--port=0", "--http-port=0", "--metrics-host=127.0.0.1",
                f"--metrics-port={args.metrics_port}", "--providers=CPUExecutionProvider",
                "--reload-interval-seconds=0", "--log-level=WARNING", "--max-samples=64"]  # fmt: skip
     server = subprocess.Popen(

@@ -137,6 +137,7 @@ def main() -> int:
     step("serve")
     port = int(os.environ.get("DEMO_PORT") or free_port())
     metrics_port = int(os.environ.get("DEMO_METRICS_PORT") or free_port())
+    http_port = int(os.environ.get("DEMO_HTTP_PORT") or free_port())
     address = f"127.0.0.1:{port}"
     server = subprocess.Popen(
         [
@@ -151,6 +152,8 @@ def main() -> int:
             "127.0.0.1",
             "--metrics-port",
             str(metrics_port),
+            "--http-port",
+            str(http_port),
         ],
         cwd=ROOT,
     )
@@ -182,6 +185,13 @@ def main() -> int:
             "spherical",
             "--output",
             str(OUTPUT / "interpolation.png"),
+        )
+        step("the same model over HTTP: a PNG grid from GET /v1/models/<name>/sample")
+        url = f"http://127.0.0.1:{http_port}/v1/models/{RUN_DIR.name}/sample?count=16&seed=7"
+        with urllib.request.urlopen(url, timeout=30) as reply:
+            (OUTPUT / "http_samples.png").write_bytes(reply.read())
+        print(
+            f"wrote {OUTPUT / 'http_samples.png'}; the explorer was at http://127.0.0.1:{http_port}/"
         )
         latency = measure_latency(address)
         with urllib.request.urlopen(f"http://127.0.0.1:{metrics_port}/metrics", timeout=5) as reply:

@@ -37,6 +37,7 @@ KUSTOMIZATIONS = (
     "monitoring",
     "autoscaling",
     "kserve",
+    "kserve-rest",
     "storage",
     "training/pytorchjob",
     "training/pytorchjob-gpu",

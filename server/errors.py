@@ -41,3 +41,7 @@ class DeadlineExceeded(ServiceError):
 
 class Cancelled(ServiceError):
     code = "CANCELLED"
+
+
+class QueueFull(ResourceExhausted):
+    """A batcher's queue is full: the same request may succeed in a moment (HTTP 429, not 413)."""

@@ -214,6 +214,17 @@ class _Typed:
     env: str | None
     convert: Convert | None  # None: a switch, whose flags store True/False themselves
     default: Any
+    help: str = ""  # as declared, before --help adds the default and the variable
+    shown_default: str = ""  # the default as --help shows it
+
+
+@dataclass(frozen=True)
+class OptionDoc:
+    """What --help says of one option, in parts: for the generated flag reference (docs/)."""
+
+    env: str | None
+    default: str  # as --help shows it: "50051", "on", "none", "50052 with --tls-cert, off without"
+    help: str
 
 
 class StrictParser(argparse.ArgumentParser):
@@ -256,7 +267,7 @@ class StrictParser(argparse.ArgumentParser):
             metavar=metavar or flag.lstrip("-").replace("-", "_").upper(),
             help=_help(help, shown, env),
         )
-        self._typed[dest] = _Typed(flag, env, convert, default)
+        self._typed[dest] = _Typed(flag, env, convert, default, help, shown)
 
     def switch(
         self,
@@ -283,7 +294,7 @@ class StrictParser(argparse.ArgumentParser):
                 flag, dest=dest, nargs="?", const="true", default=UNSET, metavar="BOOL",
                 help=_help(help, shown, env),
             )  # fmt: skip
-            self._typed[dest] = _Typed(flag, env, boolean, default)
+            self._typed[dest] = _Typed(flag, env, boolean, default, help, shown)
             return
         container.add_argument(
             flag, dest=dest, action="store_const", const=True, default=UNSET,
@@ -298,11 +309,19 @@ class StrictParser(argparse.ArgumentParser):
                 default=UNSET,
                 help=f"turn {flag} off" + (f" [{env}]" if env else ""),
             )
-        self._typed[dest] = _Typed(flag, env, None, default)
+        self._typed[dest] = _Typed(flag, env, None, default, help, shown)
 
     def check(self, check: Check) -> None:
         """Run `check` on the converted values; a message it returns is the error."""
         self._checks.append(check)
+
+    def documentation(self, dest: str) -> OptionDoc | None:
+        """The variable, shown default and help of the typed option `dest`; None for plain argparse
+        arguments (positionals, --help). Read by scripts/flag_reference.py."""
+        typed = self._typed.get(dest)
+        if typed is None:
+            return None
+        return OptionDoc(typed.env, typed.shown_default, typed.help)
 
     def source(self, dest: str) -> str:
         """Where the last parse took `dest` from: "flag", "env" or "default"."""

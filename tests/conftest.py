@@ -137,6 +137,7 @@ def live_server(repository: Path) -> Iterator[LiveServer]:
         repository=repository,
         host="127.0.0.1",
         port=0,
+        http_port=free_port(),
         metrics_host="127.0.0.1",
         metrics_port=free_port(),
         providers=("CPUExecutionProvider",),

@@ -32,6 +32,7 @@ BASE_SETTINGS = Settings(
     reload_interval_seconds=0.0,  # tests trigger reloads themselves
     processes=1,
     health_port=0,  # a fixed default port would collide between tests; health tests set their own
+    http_port=0,  # off (0); the HTTP tests give it a free port
 )
 
 

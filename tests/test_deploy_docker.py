@@ -308,9 +308,15 @@ def test_image_runs_as_a_numeric_non_root_user(stage):
 
 
 @pytest.mark.parametrize("stage", SERVING_STAGES)
-def test_image_exposes_the_servers_default_grpc_metrics_and_health_ports(stage):
+def test_image_exposes_the_servers_default_grpc_http_metrics_and_health_ports(stage):
     exposed = {int(p.split("/")[0]) for c in STAGES[stage].all("EXPOSE") for p in c.value}
-    assert exposed == {Settings().port, Settings().metrics_port, DEFAULT_HEALTH_PORT}
+    defaults = Settings()
+    assert exposed == {
+        defaults.port,
+        defaults.http_port,
+        defaults.metrics_port,
+        DEFAULT_HEALTH_PORT,
+    }
 
 
 @pytest.mark.parametrize("stage", SERVING_STAGES)

@@ -228,11 +228,12 @@ def test_readiness_asks_for_the_vae_service_which_turns_not_serving_on_drain(ren
 
 
 @pytest.mark.parametrize("overlay", OVERLAYS)
-@pytest.mark.parametrize("name", ["grpc", "metrics", "health"])
+@pytest.mark.parametrize("name", ["grpc", "http", "metrics", "health"])
 def test_container_port_is_the_configured_one(rendered, overlay, name, monkeypatch):
     settings = configured_settings(rendered[overlay], monkeypatch)
     expected = {
         "grpc": settings.port,
+        "http": settings.http_port,
         "metrics": settings.metrics_port,
         "health": settings.resolved_health_port(),
     }[name]
@@ -285,7 +286,8 @@ def test_base_runs_one_process_for_its_fraction_of_a_core(rendered, monkeypatch)
 @pytest.mark.parametrize("overlay", OVERLAYS)
 def test_configured_ports_are_the_servers_defaults(rendered, overlay, monkeypatch):
     settings = configured_settings(rendered[overlay], monkeypatch)
-    assert (settings.port, settings.metrics_port) == (Settings().port, Settings().metrics_port)
+    ports = (settings.port, settings.http_port, settings.metrics_port)
+    assert ports == (Settings().port, Settings().http_port, Settings().metrics_port)
 
 
 @pytest.mark.parametrize("overlay", OVERLAYS)
@@ -427,9 +429,9 @@ def test_service_ports_target_named_container_ports_of_the_same_number(rendered,
 
 
 @pytest.mark.parametrize("overlay", OVERLAYS)
-def test_cluster_ip_service_carries_grpc_and_metrics(rendered, overlay):
+def test_cluster_ip_service_carries_grpc_http_and_metrics(rendered, overlay):
     ports = one(rendered[overlay], "Service", "vae-serve")["spec"]["ports"]
-    assert {p["name"] for p in ports} == {"grpc", "metrics"}
+    assert {p["name"] for p in ports} == {"grpc", "http", "metrics"}
 
 
 @pytest.mark.parametrize("overlay", OVERLAYS)
@@ -460,11 +462,11 @@ def test_service_monitor_scrapes_the_path_prometheus_client_serves(rendered, ove
 
 
 @pytest.mark.parametrize("overlay", OVERLAYS)
-def test_network_policy_admits_only_the_grpc_and_metrics_ports(rendered, overlay, monkeypatch):
+def test_network_policy_admits_only_the_grpc_http_and_metrics_ports(rendered, overlay, monkeypatch):
     policy = one(rendered[overlay], "NetworkPolicy")["spec"]
     settings = configured_settings(rendered[overlay], monkeypatch)
     ports = {p["port"] for rule in policy["ingress"] for p in rule["ports"]}
-    assert ports == {settings.port, settings.metrics_port}
+    assert ports == {settings.port, settings.http_port, settings.metrics_port}
 
 
 @pytest.mark.parametrize("overlay", OVERLAYS)
@@ -779,3 +781,34 @@ def test_inference_service_grace_outlasts_the_servers_drain(rendered, monkeypatc
 )
 def test_kserve_container_meets_the_restricted_pod_security_standard(rendered, setting, value):
     assert runtime_container(rendered["kserve"])["securityContext"][setting] == value
+
+
+# k8s/kserve-rest: the same runtime with KServe routing to the HTTP port (the REST protocol).
+
+
+def test_kserve_rest_port_is_named_http1_and_is_the_configured_http_port(rendered, monkeypatch):
+    (port,) = runtime_container(rendered["kserve-rest"])["ports"]
+    settings = runtime_settings(rendered["kserve-rest"], monkeypatch)
+    assert (port["name"], port["containerPort"]) == ("http1", settings.http_port)
+
+
+@pytest.mark.parametrize("probe", PROBES)
+def test_kserve_rest_probes_ask_the_v2_health_routes_on_the_http_port(rendered, probe, monkeypatch):
+    """Ready turns 503 when the server drains (tests/test_http_ops.py), live stays 200."""
+    http_get = runtime_container(rendered["kserve-rest"])[probe]["httpGet"]
+    settings = runtime_settings(rendered["kserve-rest"], monkeypatch)
+    assert http_get["port"] == settings.http_port
+    expected = "/v2/health/live" if probe == "livenessProbe" else "/v2/health/ready"
+    assert http_get["path"] == expected
+
+
+def test_kserve_rest_runtime_and_service_speak_v2(rendered):
+    runtime = one(rendered["kserve-rest"], "ServingRuntime")
+    model = one(rendered["kserve-rest"], "InferenceService")["spec"]["predictor"]["model"]
+    assert runtime["spec"]["protocolVersions"] == ["v2"] and model["protocolVersion"] == "v2"
+    assert model["runtime"] == runtime["metadata"]["name"]
+
+
+def test_kserve_rest_runtime_sets_only_server_variables(rendered):
+    names = {e["name"] for e in runtime_container(rendered["kserve-rest"])["env"]}
+    assert names <= set(server_env_names())

@@ -220,6 +220,49 @@ def test_sampler_with_a_seed_gives_what_vae_v1_sample_gives(client, v1):
     assert result.get_response().parameters["seed"].int64_param == 42
 
 
+def _sample_with_prior(raw, prior, model: str = "tiny-vae-sampler"):
+    request = _raw_request(
+        ("count", "INT32", [1], np.array([4], np.int32).tobytes()),
+        ("seed", "UINT64", [1], np.array([9], np.uint64).tobytes()),
+    )
+    request.model_name = model
+    if isinstance(prior, str):
+        request.parameters["prior"].string_param = prior
+    else:
+        request.parameters["prior"].int64_param = prior
+    return raw.ModelInfer(request)
+
+
+def test_sampler_prior_parameter_draws_the_mixture_like_vae_v1(raw, v1):
+    reply = _sample_with_prior(raw, "mixture")
+    images = np.frombuffer(reply.raw_output_contents[0], np.float32).reshape(4, *IMAGE)
+    v1_reply = v1.Sample(
+        vae_pb2.SampleRequest(model=ref(), count=4, seed=9, prior=vae_pb2.PRIOR_MIXTURE)
+    )
+    np.testing.assert_array_equal(images, tensor_to_numpy(v1_reply.images))
+    standard = _sample_with_prior(raw, "standard_normal")
+    assert standard.raw_output_contents[0] != reply.raw_output_contents[0]
+
+
+@pytest.mark.parametrize(
+    ("model", "prior", "code", "message"),
+    [
+        ("tiny-vae-sampler", "gamma", "INVALID_ARGUMENT", "prior 'gamma' is not one of"),
+        (
+            "tiny-vae-sampler",
+            3,
+            "INVALID_ARGUMENT",
+            "parameter prior must be a string (string_param)",
+        ),
+    ],
+)
+def test_a_bad_sampler_prior_is_refused(raw, model, prior, code, message):
+    with pytest.raises(grpc.RpcError) as info:
+        _sample_with_prior(raw, prior, model)
+    assert info.value.code().name == code
+    assert message in info.value.details()
+
+
 def test_conditional_sampler_takes_a_label_like_vae_v1(client, v1):
     result = infer(
         client,

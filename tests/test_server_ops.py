@@ -53,6 +53,7 @@ def serve_process(repository: Path, tmp_path: Path, *flags: str) -> Iterator[Ser
         f"--repository={repository}",
         "--host=127.0.0.1",
         "--port=0",
+        "--http-port=0",
         "--metrics-host=127.0.0.1",
         f"--metrics-port={metrics_port}",
         "--providers=CPUExecutionProvider",
@@ -106,6 +107,7 @@ def test_require_gpu_refuses_to_start_on_a_cpu_machine(repository, tmp_path):
         "server.process.cli",
         f"--repository={repository}",
         "--port=0",
+        "--http-port=0",
         "--metrics-port=0",
         "--require-gpu",
     ]

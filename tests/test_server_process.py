@@ -4,6 +4,7 @@ import os
 import signal
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import grpc
@@ -28,6 +29,8 @@ def start_server(repository: Path, *extra: str) -> tuple[subprocess.Popen, str]:
             str(port),
             "--metrics-port",
             "0",
+            "--http-port",
+            "0",
             "--providers",
             "CPUExecutionProvider",
             "--processes",
@@ -42,13 +45,23 @@ def start_server(repository: Path, *extra: str) -> tuple[subprocess.Popen, str]:
 
 
 def wait_serving(address: str, process: subprocess.Popen, timeout: float = 60) -> None:
+    """Until the server reports SERVING: the port accepts as soon as the first of --processes 2
+    listens, and the server is NOT_SERVING until every process has loaded its models."""
+    deadline = time.monotonic() + timeout
     with grpc.insecure_channel(address) as channel:
         # wait_for_ready blocks until the port accepts, instead of polling with sleeps.
         grpc.channel_ready_future(channel).result(timeout=timeout)
-        reply = health_pb2_grpc.HealthStub(channel).Check(
-            health_pb2.HealthCheckRequest(service=""), timeout=5, wait_for_ready=True
-        )
-        assert reply.status == health_pb2.HealthCheckResponse.SERVING
+        status = None
+        while time.monotonic() < deadline and process.poll() is None:
+            status = (
+                health_pb2_grpc.HealthStub(channel)
+                .Check(health_pb2.HealthCheckRequest(service=""), timeout=5, wait_for_ready=True)
+                .status
+            )
+            if status == health_pb2.HealthCheckResponse.SERVING:
+                return
+            time.sleep(0.05)
+        raise AssertionError(f"vae-serve at {address} never reported SERVING (last: {status})")
 
 
 def serve_then_sigterm(repository: Path) -> tuple[int, str]:

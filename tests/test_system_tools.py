@@ -18,7 +18,13 @@ from tests.system_tools import require_tool, tool_table
 ROOT = Path(__file__).resolve().parent.parent
 SCRIPT = ROOT / "scripts" / "system-tools.sh"
 # What the stand-in apt-get "installs": the command each Debian package brings.
-BRINGS = {"prometheus": "promtool", "openssl": "openssl"}
+BRINGS = {
+    "prometheus": "promtool",
+    "openssl": "openssl",
+    "chromium": "chromium",
+    "chromium-driver": "chromedriver",
+}
+BROWSER = {"chromium", "chromedriver"}  # there in the tests below that are about the others
 
 
 def _executable(path: Path, body: str) -> None:
@@ -73,7 +79,7 @@ def test_as_a_user_a_missing_tool_stops_it_with_one_line_naming_the_package(tmp_
 
 
 def test_as_root_it_installs_what_is_missing_through_apt(tmp_path):
-    result, calls = run_script(tmp_path, present={"kubectl"}, uid=0)
+    result, calls = run_script(tmp_path, present={"kubectl", *BROWSER}, uid=0)
     assert result.returncode == 0, result.stderr
     assert calls == [
         "update -qq",
@@ -81,19 +87,27 @@ def test_as_root_it_installs_what_is_missing_through_apt(tmp_path):
     ]
 
 
+def test_the_browser_of_the_explorer_tests_comes_from_debian(tmp_path):
+    result, calls = run_script(tmp_path, present={"kubectl", "promtool", "openssl"}, uid=0)
+    assert result.returncode == 0, result.stderr
+    assert calls[-1] == "install -y -qq --no-install-recommends chromium chromium-driver"
+
+
 def test_as_root_without_apt_it_stops_with_one_line(tmp_path):
-    result, _ = run_script(tmp_path, present={"kubectl", "openssl"}, uid=0, apt=False)
+    result, _ = run_script(tmp_path, present={"kubectl", "openssl", *BROWSER}, uid=0, apt=False)
     assert "apt-get install prometheus" in one_line(result)
 
 
 def test_apt_that_leaves_the_tool_missing_is_a_failure_not_a_pass(tmp_path):
-    result, calls = run_script(tmp_path, present={"kubectl", "openssl"}, uid=0, apt_brings=False)
+    result, calls = run_script(
+        tmp_path, present={"kubectl", "openssl", *BROWSER}, uid=0, apt_brings=False
+    )
     assert result.returncode == 1 and len(calls) == 2
     assert "promtool is still not on PATH" in result.stderr.splitlines()[-1]
 
 
 def test_a_tool_without_a_usable_debian_package_is_named_with_where_to_get_it(tmp_path):
-    result, calls = run_script(tmp_path, present={"promtool", "openssl"}, uid=0)
+    result, calls = run_script(tmp_path, present={"promtool", "openssl", *BROWSER}, uid=0)
     line = one_line(result)
     assert "kubectl is missing" in line and "pkgs.k8s.io" in line and calls == []
 

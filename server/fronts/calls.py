@@ -36,6 +36,7 @@ Resolve = Callable[[], ServedModel]
 Work = Callable[[Any, Any, grpc.aio.ServicerContext], Awaitable[Any]]
 Handler = Callable[[Any, grpc.aio.ServicerContext], Awaitable[Any]]
 _STATUS = {code.name: code for code in grpc.StatusCode}
+# What a call is told while the process drains (every front, gRPC and HTTP, says the same).
 DRAINING = "server is shutting down; retry against another replica"
 
 
@@ -151,6 +152,21 @@ class CallRunner:
             if self._flush_due is not None:
                 self._flush_due.cancel()
             self._flush_due = asyncio.get_running_loop().call_soon(self.flush)
+
+    # --- calls of other fronts (HTTP) ------------------------------------------------------------
+
+    def enter(self) -> float:
+        """A call of another front begins: tracked for the drain, metrics folded as for gRPC calls;
+        returns its start time for `leave`."""
+        self.tracker.enter()
+        if self._flush_due is None:
+            self._flush_later()
+        return time.perf_counter()
+
+    def leave(self, rpc: str, model: str, code: str, started: float) -> None:
+        """The call that `enter` began ended with status `code` (a grpc.StatusCode name)."""
+        self.tracker.leave()
+        self._record(rpc, model, code, started)
 
     # --- calls ----------------------------------------------------------------------------------
 

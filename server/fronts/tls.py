@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import ssl
 from pathlib import Path
 
 import grpc
@@ -32,3 +33,24 @@ def server_credentials(cert: str, key: str, client_ca: str = "") -> grpc.ServerC
             [pair], root_certificates=_read("--tls-client-ca", client_ca), require_client_auth=True
         )
     return grpc.ssl_server_credentials([pair])
+
+
+def ssl_context(cert: str, key: str, client_ca: str = "") -> ssl.SSLContext | None:
+    """The HTTP front's TLS from the same flags: None for plaintext; clients must present a
+    certificate `client_ca` signed when it is set (mTLS)."""
+    if server_credentials(cert, key, client_ca) is None:  # the same checks and messages
+        return None
+    context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+    context.minimum_version = ssl.TLSVersion.TLSv1_2
+    try:
+        context.load_cert_chain(cert, key)
+        if client_ca:
+            context.load_verify_locations(client_ca)
+            context.verify_mode = ssl.CERT_REQUIRED
+    except ssl.SSLError as exc:
+        raise TlsConfigError(
+            f"--tls-cert {cert!r} and --tls-key {key!r} do not make a usable pair, or "
+            f"--tls-client-ca is not PEM: {exc.reason or exc}"
+        ) from exc
+    context.set_alpn_protocols(["http/1.1"])
+    return context

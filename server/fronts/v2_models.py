@@ -4,16 +4,26 @@ three v2 models, `<name>-encoder`, `<name>-decoder` and `<name>-sampler`, with t
 from __future__ import annotations
 
 import functools
+import importlib.metadata
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
 
+from server.errors import InvalidArgument, NotFound
+from server.inference.served_model import ServedModel
+from server.inference.store import ModelStore
 from server.repository import ModelMetadata
 
 ENCODER, DECODER, SAMPLER = "encoder", "decoder", "sampler"
 ROLES = (ENCODER, DECODER, SAMPLER)
+SERVER_NAME = "vae-serve"
+# Only what is served in full: the repository index is served, but Triton's "model_repository"
+# extension also means load and unload, which this server does not offer.
+EXTENSIONS = ("model_configuration",)
+# The encoder and decoder are ONNX graphs in onnxruntime; the sampler draws the prior in numpy first.
+PLATFORMS = {ENCODER: "onnxruntime_onnx", DECODER: "onnxruntime_onnx", SAMPLER: "vae_sampler"}
 
 # The datatypes these models use, as numpy dtypes (little-endian, as raw and binary tensors are).
 DTYPES: dict[str, np.dtype[Any]] = {
@@ -102,3 +112,45 @@ def _signature(
         *(TensorSpec("label", "INT64", (1,)) for _ in labels),
     )
     return Signature(role, inputs, (image, latent), batched=False)
+
+
+def version_number(version: str) -> int:
+    """A v2 model_version as the store's number: empty is 0 (the highest loaded)."""
+    if not version:
+        return 0
+    if version.isascii() and version.isdigit() and int(version) > 0:
+        return int(version)
+    raise InvalidArgument(
+        f"model_version must be empty (the highest loaded) or a positive integer, got {version!r}"
+    )
+
+
+def server_version() -> str:
+    try:
+        return importlib.metadata.version("vae-service")
+    except importlib.metadata.PackageNotFoundError:
+        return "unknown"
+
+
+def resolve(store: ModelStore, name: str, version: str) -> ServedModel:
+    """The model version a v2 name and version select; NOT_FOUND lists the v2 names."""
+    number = version_number(version)
+    parts = split_name(name)
+    if parts is not None:
+        try:
+            return store.get(parts[0], number)
+        except NotFound:
+            versions = store.versions(parts[0])
+            if versions:
+                raise NotFound(
+                    f"model {name!r} has no version {number}; loaded versions are {versions}"
+                ) from None
+    names = [v2 for model in store.names() for v2 in v2_names(model)]
+    raise NotFound(f"unknown model {name!r}; models are {', '.join(names)}")
+
+
+def role_signature(model: ServedModel, name: str) -> Signature:
+    """The signature of the v2 model `name`, which resolve() found as `model`."""
+    parts = split_name(name)
+    assert parts is not None  # resolve() accepted this name
+    return signature(model.metadata, parts[1])

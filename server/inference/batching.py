@@ -34,7 +34,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from server.errors import ResourceExhausted
+from server.errors import QueueFull
 
 log = logging.getLogger(__name__)
 
@@ -185,7 +185,7 @@ class Batcher:
             return list(await run_model(self._run, inputs, self._offload))
         limit = self.config.max_queue_rows
         if self._queue and self._queued_rows + rows > limit:
-            raise ResourceExhausted(
+            raise QueueFull(
                 f"{self.name}: queue is full ({self._queued_rows} rows waiting, limit {limit}); "
                 "retry later or raise --max-queue-rows"
             )

@@ -1,5 +1,5 @@
 """One serving process: models, the grpc.aio server (vae.v1, the Open Inference Protocol, health,
-reflection), metrics, drain.
+reflection), the HTTP front (v2 REST, image routes, the explorer) on the same loop, metrics, drain.
 
 The process runs one asyncio event loop in a thread of its own ("vae-loop"); the caller's thread
 starts and stops it (`start`, `stop`, `wait`), so tests drive a real server in-process and `vae-serve`
@@ -29,6 +29,7 @@ from server.fronts.grpc import oip, reflection_v1
 from server.fronts.grpc.health import HealthServicer
 from server.fronts.grpc.registration import add_servicer
 from server.fronts.grpc.vae_v1 import VaeServicer
+from server.fronts.http.app import HttpFront, UvicornServer, build_routes
 from server.fronts.readiness import (
     API_SERVICE,
     DRAINING,
@@ -40,7 +41,7 @@ from server.fronts.readiness import (
     Readiness,
     model_service,
 )
-from server.fronts.tls import TlsConfigError, server_credentials
+from server.fronts.tls import TlsConfigError, server_credentials, ssl_context
 from server.inference.reload import RepositoryWatcher
 from server.inference.served_model import ServedModel
 from server.inference.sessions import ModelSessions, RuntimeOptions
@@ -132,6 +133,8 @@ class VaeServer:
         )
         self._grpc: grpc.aio.Server | None = None
         self._health_grpc: grpc.aio.Server | None = None
+        self._http: UvicornServer | None = None
+        self.http_port = 0
         self._metrics_http: tuple[object, threading.Thread] | None = None
         self.port = 0
         self.metrics_port = 0
@@ -260,10 +263,12 @@ class VaeServer:
             self.states.set(UP)
         credentials = "plaintext" if not self.settings.tls_cert else "TLS"
         log.info(
-            "serving %s on %s:%d (%s, batching %s, metrics on %s, health port %s, pid %d)",
+            "serving %s on %s:%d, HTTP on %s (%s, batching %s, metrics on %s, health port %s, "
+            "pid %d)",
             ", ".join(self.store.names()),
             self.settings.host,
             self.port,
+            self.http_port or "off",
             credentials,
             "on" if self.settings.batching.enabled else "off",
             self.metrics_port or ("the supervisor" if self.states is not None else "off"),
@@ -339,6 +344,7 @@ class VaeServer:
         reflection.enable_server_reflection(names, self._grpc, pool=pool)
         reflection_v1.enable_server_reflection(names, self._grpc, pool=pool)
         port = self._bind(self._grpc, f"{self.settings.host}:{self.settings.port}", secure=True)
+        await self._start_http(shared)
         health_port = self.settings.resolved_health_port()
         if health_port:
             # Plaintext, health only: kubelet's gRPC probes and the container HEALTHCHECK speak no TLS.
@@ -352,6 +358,31 @@ class VaeServer:
         await self._publish_models()
         self.watcher.start()
         return port
+
+    async def _start_http(self, shared: bool) -> None:
+        """The HTTP front on this loop, sharing the CallRunner (drain, metrics) with gRPC."""
+        s = self.settings
+        if not s.http_port:
+            return
+        routes = build_routes(
+            self.store,
+            self.plane,
+            server_ready=lambda: self.readiness.serving(SERVICE_NAME),
+            model_ready=lambda name: self.readiness.serving(model_service(name)),
+        )
+        try:
+            tls = ssl_context(s.tls_cert, s.tls_key, s.tls_client_ca)
+        except TlsConfigError as exc:
+            raise StartupError(str(exc)) from exc
+        self._http = UvicornServer(HttpFront(routes, self.calls))
+        try:
+            self.http_port = await self._http.start(s.host, s.http_port, tls, shared)
+        except OSError as exc:
+            self._http = None
+            raise StartupError(
+                f"cannot bind HTTP to {s.host}:{s.http_port}: {exc.strerror or exc}; is the port "
+                "in use? Choose another with --http-port, or 0 to turn HTTP off"
+            ) from exc
 
     def _start_metrics(self, port: int) -> None:
         try:
@@ -421,6 +452,8 @@ class VaeServer:
             )
         await self.watcher.stop()
         remaining = max(0.0, deadline - time.monotonic())
+        if self._http is not None:
+            await self._http.stop(remaining)
         for server in (self._grpc, self._health_grpc):
             if server is not None:
                 await server.stop(remaining)

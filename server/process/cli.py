@@ -48,7 +48,7 @@ def main(argv: list[str] | None = None) -> int:
         except SupervisorError as exc:
             log.error("%s", exc)
             return 2
-        print(f"vae-serve: listening on {settings.host}:{port}", flush=True)
+        print(_listening(settings.host, port, supervisor.http_port), flush=True)
         return supervisor.run()
 
     from server.process.app import StartupError, VaeServer
@@ -60,9 +60,15 @@ def main(argv: list[str] | None = None) -> int:
         log.error("%s", exc)
         return 2
     server.install_signal_handlers()
-    print(f"vae-serve: listening on {settings.host}:{server.port}", flush=True)
+    print(_listening(settings.host, server.port, server.http_port), flush=True)
     server.wait()
     return 0
+
+
+def _listening(host: str, port: int, http_port: int) -> str:
+    """Where to connect: gRPC's line first, as scripts read it, then HTTP's."""
+    http = f"vae-serve: HTTP on {host}:{http_port}" if http_port else "vae-serve: HTTP off"
+    return f"vae-serve: listening on {host}:{port}\n{http}"
 
 
 if __name__ == "__main__":

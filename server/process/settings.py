@@ -35,6 +35,9 @@ class Settings:
     repository: Path = Path("model_repository")
     host: str = "0.0.0.0"
     port: int = 50051
+    # HTTP on every serving process, on the gRPC event loop: the v2 REST API, the image routes,
+    # /openapi.json and the explorer. 0 turns it off.
+    http_port: int = 8080
     metrics_host: str = "0.0.0.0"
     metrics_port: int = 9090  # 0 disables the metrics endpoint
     # Plaintext listener serving grpc.health.v1 only, for probes that cannot speak TLS. None: on at
@@ -83,7 +86,9 @@ class Settings:
     inference_executor: str = "auto"
 
     def __post_init__(self) -> None:
-        clash = port_clash(self.port, self.metrics_port, self.resolved_health_port())
+        clash = port_clash(
+            self.port, self.metrics_port, self.resolved_health_port(), self.http_port
+        )
         if clash:
             raise ValueError(clash)
 
@@ -125,13 +130,24 @@ def resolve_health_port(health_port: int | None, tls_cert: str) -> int:
     return DEFAULT_HEALTH_PORT if tls_cert else 0
 
 
-def port_clash(port: int, metrics_port: int, health_port: int) -> str | None:
+def port_clash(port: int, metrics_port: int, health_port: int, http_port: int = 0) -> str | None:
     """A message when two listeners would share a port (0 is ephemeral or off: never a clash)."""
     if port and port == metrics_port:
         return f"--metrics-port {metrics_port} is also --port; give each its own port"
+    if http_port:
+        for name, other in (("--port", port), ("--metrics-port", metrics_port)):
+            if http_port == other:
+                return (
+                    f"--http-port {http_port} is also {name}; give each its own port, or "
+                    "--http-port 0 to turn HTTP off"
+                )
     if not health_port:
         return None
-    for name, other in (("--port", port), ("--metrics-port", metrics_port)):
+    for name, other in (
+        ("--port", port),
+        ("--metrics-port", metrics_port),
+        ("--http-port", http_port),
+    ):
         if health_port == other:
             return (
                 f"the health port {health_port} is also {name}; give --health-port a port of its "
@@ -146,6 +162,12 @@ _OPTIONS: list[tuple[str, str, opt.Convert, str]] = [
     ("--repository", "repository", opt.path, "model repository directory"),
     ("--host", "host", opt.nonempty, "address the gRPC server binds"),
     ("--port", "port", _PORT, "gRPC port"),
+    (
+        "--http-port",
+        "http_port",
+        _PORT,
+        "HTTP port: the v2 REST API, image routes, /openapi.json and the explorer (0 turns it off)",
+    ),
     ("--metrics-host", "metrics_host", opt.nonempty, "address of the Prometheus /metrics endpoint"),
     ("--metrics-port", "metrics_port", _PORT, "Prometheus /metrics port (0 turns it off)"),
     (
@@ -286,7 +308,7 @@ _LIMIT_OPTIONS: list[tuple[str, str, opt.Convert, str]] = [
         "--max-message-bytes",
         "max_message_bytes",
         opt.integer(1024),
-        "largest gRPC message, either direction",
+        "largest gRPC message, either direction, and HTTP request body (413 beyond)",
     ),
     (
         "--max-stream-samples",
@@ -350,10 +372,11 @@ def parse_model_batching(text: str) -> dict[str, dict[str, Any]]:
 
 def _check_ports(parser: opt.StrictParser) -> opt.Check:
     def check(args: argparse.Namespace) -> str | None:
-        if args.port and args.port == args.metrics_port:
-            return port_clash(args.port, args.metrics_port, 0)
+        early = port_clash(args.port, args.metrics_port, 0, args.http_port)
+        if early:
+            return early
         health = resolve_health_port(args.health_port, args.tls_cert)
-        clash = port_clash(args.port, args.metrics_port, health)
+        clash = port_clash(args.port, args.metrics_port, health, args.http_port)
         if clash is None:
             return None
         where = (
@@ -370,7 +393,7 @@ def build_parser() -> opt.StrictParser:
     defaults, limit_defaults, batch_defaults = Settings(), Limits(), BatchingConfig()
     parser = opt.StrictParser(
         prog="vae-serve",
-        description="Serve a VAE model repository over gRPC with onnxruntime. Every flag also "
+        description="Serve a VAE model repository over gRPC and HTTP with onnxruntime. Every flag also "
         "reads the VAE_* variable in brackets; booleans take true/false, 1/0, yes/no or on/off.",
     )
     for options, source in (

@@ -1,4 +1,5 @@
-"""`vae-serve --processes N`: N serving processes on one gRPC port, one /metrics, one lifecycle.
+"""`vae-serve --processes N`: N serving processes on one gRPC port (and one HTTP port), one /metrics,
+one lifecycle.
 
 One Python process serves at most about one core (its interpreter runs one thread at a time), so a
 host with more cores runs several. The supervisor reserves the port with SO_REUSEPORT (the pattern of
@@ -87,7 +88,7 @@ def _worker(
     sys.exit(0)
 
 
-def reserve_port(host: str, port: int) -> socket.socket:
+def reserve_port(host: str, port: int, what: str = "gRPC") -> socket.socket:
     """Bind (not listen) a SO_REUSEPORT socket on the port, so the children can bind it too and a
     port 0 becomes one known number. A port something already holds is refused, another vae-serve
     included: SO_REUSEPORT would let a second server join the first one's port (the same user may
@@ -114,7 +115,7 @@ def reserve_port(host: str, port: int) -> socket.socket:
         sock.bind(address)
     except OSError as exc:
         sock.close()
-        raise SupervisorError(f"cannot bind gRPC to {host}:{port}: {exc.strerror}") from exc
+        raise SupervisorError(f"cannot bind {what} to {host}:{port}: {exc.strerror}") from exc
     return sock
 
 
@@ -129,8 +130,10 @@ class Supervisor:
         self.states = self.context.Array("b", self.count, lock=False)
         self.children: list[Child] = []
         self.port = 0
+        self.http_port = 0
         self.metrics_port = 0
         self._reservation: socket.socket | None = None
+        self._http_reservation: socket.socket | None = None
         self._metrics_dir = ""
         self._own_metrics_dir = False
         self._metrics_http: Any = None
@@ -155,7 +158,9 @@ class Supervisor:
 
     def _start_child(self, index: int, failures: int = 0) -> None:
         self.states[index] = 0
-        child_settings = replace(self.settings, port=self.port, processes=self.count)
+        child_settings = replace(
+            self.settings, port=self.port, http_port=self.http_port, processes=self.count
+        )
         process = self.context.Process(
             target=_worker,
             args=(child_settings, index, self.states, os.getpid(), self.log_level, self.log_format),
@@ -174,6 +179,16 @@ class Supervisor:
         self._prepare_metrics_dir()
         self._reservation = reserve_port(self.settings.host, self.settings.port)
         self.port = self._reservation.getsockname()[1]
+        if self.settings.http_port:
+            try:
+                self._http_reservation = reserve_port(
+                    self.settings.host, self.settings.http_port, "HTTP"
+                )
+            except SupervisorError:
+                self._reservation.close()
+                self._reservation = None
+                raise
+            self.http_port = self._http_reservation.getsockname()[1]
         for index in range(self.count):
             self._start_child(index)
         deadline = time.monotonic() + STARTUP_TIMEOUT_SECONDS
@@ -194,9 +209,10 @@ class Supervisor:
         if self.settings.metrics_port:
             self._start_metrics()
         log.info(
-            "serving on %s:%d with %d processes, metrics on %s",
+            "serving on %s:%d, HTTP on %s, with %d processes, metrics on %s",
             self.settings.host,
             self.port,
+            self.http_port or "off",
             self.count,
             self.metrics_port or "off",
         )
@@ -317,9 +333,10 @@ class Supervisor:
             self._metrics_http.shutdown()
             self._metrics_http.server_close()
             self._metrics_http = None
-        if self._reservation is not None:
-            self._reservation.close()
-            self._reservation = None
+        for reservation in (self._reservation, self._http_reservation):
+            if reservation is not None:
+                reservation.close()
+        self._reservation = self._http_reservation = None
         if self._own_metrics_dir:
             shutil.rmtree(self._metrics_dir, ignore_errors=True)
         log.info("stopped")

@@ -5,26 +5,25 @@ back. Calls run through the CallRunner vae.v1 uses, so limits, metrics, errors a
 from __future__ import annotations
 
 import functools
-import importlib.metadata
 from collections.abc import Callable
 
 import grpc
-import numpy as np
 
 from server.dataplane.plane import DataPlane
-from server.errors import InvalidArgument, NotFound, ServiceError
+from server.errors import ServiceError
 from server.fronts.calls import CallRunner
 from server.fronts.grpc.oip_tensors import add_output, read_inputs, requested_outputs
+from server.fronts.v2_infer import infer
 from server.fronts.v2_models import (
-    DECODER,
-    ENCODER,
+    EXTENSIONS,
+    PLATFORMS,
     ROLES,
-    SAMPLER,
+    SERVER_NAME,
     Signature,
     TensorSpec,
-    signature,
-    split_name,
-    v2_names,
+    resolve,
+    role_signature,
+    server_version,
 )
 from server.inference.served_model import ServedModel
 from server.inference.store import ModelStore
@@ -32,37 +31,14 @@ from server.proto_gen.inference import grpc_service_pb2 as pb
 from server.proto_gen.inference import grpc_service_pb2_grpc as pb_grpc
 
 SERVICE_NAME = pb.DESCRIPTOR.services_by_name["GRPCInferenceService"].full_name
-SERVER_NAME = "vae-serve"
-# Only what is served in full: RepositoryIndex is served, but Triton's "model_repository" extension
-# also means load and unload, which answer UNIMPLEMENTED here.
-EXTENSIONS = ("model_configuration",)
-# The encoder and decoder are ONNX graphs in onnxruntime; the sampler draws the prior in numpy first.
-PLATFORMS = {ENCODER: "onnxruntime_onnx", DECODER: "onnxruntime_onnx", SAMPLER: "vae_sampler"}
 CONFIG_TYPES = {
     "FP32": pb.TYPE_FP32,
     "INT32": pb.TYPE_INT32,
     "INT64": pb.TYPE_INT64,
     "UINT64": pb.TYPE_UINT64,
 }
-Outputs = dict[str, np.ndarray]
-
-
-def _version_number(version: str) -> int:
-    """A v2 model_version as the store's number: empty is 0 (the highest loaded)."""
-    if not version:
-        return 0
-    if version.isascii() and version.isdigit() and int(version) > 0:
-        return int(version)
-    raise InvalidArgument(
-        f"model_version must be empty (the highest loaded) or a positive integer, got {version!r}"
-    )
-
-
-def _server_version() -> str:
-    try:
-        return importlib.metadata.version("vae-service")
-    except importlib.metadata.PackageNotFoundError:
-        return "unknown"
+# Parameter types in this front's words, for the refusals of server/fronts/v2_infer.py.
+_KINDS = {"bool": "bool (bool_param)", "string": "string (string_param)"}
 
 
 def _tensor_metadata(spec: TensorSpec) -> pb.ModelMetadataResponse.TensorMetadata:
@@ -119,34 +95,20 @@ class InferenceServicer(pb_grpc.GRPCInferenceServiceServicer):
         self.server_ready = server_ready
         self.model_ready = model_ready
         self._max_elements = plane.limits.max_message_bytes // 4
-        self._version = _server_version()
+        self._version = server_version()
 
     # --- model lookup ---------------------------------------------------------------------------
 
     def _runtime(self, name: str, version: str) -> ServedModel:
-        """The model version a v2 name and version select; NOT_FOUND lists the v2 names."""
-        number = _version_number(version)
-        parts = split_name(name)
-        if parts is not None:
-            try:
-                return self.store.get(parts[0], number)
-            except NotFound:
-                versions = self.store.versions(parts[0])
-                if versions:
-                    raise NotFound(
-                        f"model {name!r} has no version {number}; loaded versions are {versions}"
-                    ) from None
-        names = [v2 for model in self.store.names() for v2 in v2_names(model)]
-        raise NotFound(f"unknown model {name!r}; models are {', '.join(names)}")
+        return resolve(self.store, name, version)
 
     def _resolve(self, name: str, version: str) -> functools.partial[ServedModel]:
         return functools.partial(self._runtime, name, version)
 
     @staticmethod
     def _signature(model: ServedModel | None, name: str) -> Signature:
-        parts = split_name(name)
-        assert model is not None and parts is not None  # _runtime resolved this name
-        return signature(model.metadata, parts[1])
+        assert model is not None  # resolve() found this name
+        return role_signature(model, name)
 
     # --- server and model metadata --------------------------------------------------------------
 
@@ -241,12 +203,12 @@ class InferenceServicer(pb_grpc.GRPCInferenceServiceServicer):
                 model_version=str(model.metadata.version),
                 id=request.id,
             )
-            if sig.role == DECODER:
-                outputs = await self._decode(model, inputs)
-            elif sig.role == ENCODER:
-                outputs = await self._encode(model, inputs, request)
-            else:
-                outputs = await self._sample(model, inputs, response)
+            parameters = {key: _parameter(value) for key, value in request.parameters.items()}
+            outputs, answer = await infer(
+                self.plane, model, request.model_name, sig, inputs, parameters, _KINDS
+            )
+            if "seed" in answer:  # the seed the sampler used, to repeat the draw
+                response.parameters["seed"].int64_param = answer["seed"]
             for name in names:
                 add_output(response, name, outputs[name])
             return response
@@ -254,42 +216,8 @@ class InferenceServicer(pb_grpc.GRPCInferenceServiceServicer):
         resolve = self._resolve(request.model_name, request.model_version)
         return await self.calls.run("ModelInfer", context, resolve, work)
 
-    async def _decode(self, model: ServedModel, inputs: Outputs) -> Outputs:
-        result = await self.plane.decode(model, inputs["latent"], inputs.get("label", ()))
-        return {"image": result.images}
 
-    async def _encode(
-        self, model: ServedModel, inputs: Outputs, request: pb.ModelInferRequest
-    ) -> Outputs:
-        clamp = False
-        if "clamp" in request.parameters:  # the Encode flag: clip images into [0, 1]
-            parameter = request.parameters["clamp"]
-            if parameter.WhichOneof("parameter_choice") != "bool_param":
-                raise InvalidArgument("parameter clamp must be a bool (bool_param)")
-            clamp = parameter.bool_param
-        result = await self.plane.encode(
-            model, inputs["image"], inputs.get("label", ()), clamp=clamp
-        )
-        outputs = {"mean": result.mean}
-        if result.log_variance is not None:
-            outputs["log_variance"] = result.log_variance
-        return outputs
-
-    async def _sample(
-        self, model: ServedModel, inputs: Outputs, response: pb.ModelInferResponse
-    ) -> Outputs:
-        """vae.v1 Sample through the same DataPlane.sample: the same seed gives the same images."""
-        seed, temperature, label = (
-            inputs.get("seed"),
-            inputs.get("temperature"),
-            inputs.get("label"),
-        )
-        result = await self.plane.sample(
-            model,
-            int(inputs["count"][0]),
-            seed=None if seed is None else int(seed[0]),
-            temperature=0.0 if temperature is None else float(temperature[0]),
-            label=None if label is None else int(label[0]),
-        )
-        response.parameters["seed"].int64_param = result.seed  # the seed used, to repeat the draw
-        return {"image": result.images, "latent": result.latents}
+def _parameter(parameter: pb.InferParameter) -> object:
+    """An InferParameter's value, whichever field holds it."""
+    which = parameter.WhichOneof("parameter_choice")
+    return None if which is None else getattr(parameter, which)

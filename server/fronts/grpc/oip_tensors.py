@@ -6,9 +6,16 @@ from __future__ import annotations
 
 import numpy as np
 
-from server.codecs import element_count
 from server.errors import InvalidArgument
-from server.fronts.v2_models import DTYPES, Signature, describe
+from server.fronts.v2_models import DTYPES, Signature
+from server.fronts.v2_tensors import (
+    check_complete,
+    check_finite,
+    check_input,
+    from_bytes,
+    from_values,
+)
+from server.fronts.v2_tensors import requested_outputs as pick_outputs
 from server.proto_gen.inference import grpc_service_pb2 as pb
 
 # The typed field of InferTensorContents that carries each datatype.
@@ -35,76 +42,30 @@ def read_inputs(
     arrays: dict[str, np.ndarray] = {}
     for index, tensor in enumerate(request.inputs):
         name = tensor.name
-        spec = sig.input_by_name.get(name)
-        if spec is None:
-            raise InvalidArgument(
-                f"{model}: no input named {name!r}; its inputs are {describe(sig.inputs)}"
-            )
-        if name in arrays:
-            raise InvalidArgument(f"{model}: input {name!r} is sent twice; send each input once")
-        if tensor.datatype != spec.datatype:
-            raise InvalidArgument(
-                f"{model}: input {name!r} has datatype {tensor.datatype or '(empty)'}; "
-                f"expected {spec.datatype}"
-            )
         shape = tuple(tensor.shape)
-        count = element_count(shape, f"{model}: input {name!r}", max_elements)
-        if not spec.fits(shape):
-            raise InvalidArgument(
-                f"{model}: input {name!r} has shape {list(shape)}; expected {list(spec.shape)} "
-                "(-1: any size)"
-            )
-        dtype = DTYPES[spec.datatype]
+        spec, count = check_input(model, sig, name, tensor.datatype, shape, arrays, max_elements)
         if raw:
             if tensor.HasField("contents"):
                 raise InvalidArgument(
                     f"{model}: input {name!r} carries contents while raw_input_contents is set; "
                     "send every input one way or the other"
                 )
-            data = raw[index]
-            if len(data) != count * dtype.itemsize:
-                raise InvalidArgument(
-                    f"{model}: input {name!r} of shape {list(shape)} needs "
-                    f"{count * dtype.itemsize} bytes of little-endian {spec.datatype} in "
-                    f"raw_input_contents[{index}], got {len(data)}"
-                )
-            array = np.frombuffer(data, dtype=dtype).reshape(shape)
+            where = f"raw_input_contents[{index}]"
+            array = from_bytes(model, spec, shape, count, raw[index], where)
         else:
-            where = CONTENTS_FIELDS[spec.datatype]
-            values = getattr(tensor.contents, where)
-            if len(values) != count:
-                raise InvalidArgument(
-                    f"{model}: input {name!r} of shape {list(shape)} needs {count} values in "
-                    f"contents.{where}, got {len(values)}"
-                )
-            array = np.array(values, dtype=dtype).reshape(shape)
-        if dtype.kind == "f" and not np.isfinite(array).all():
-            raise InvalidArgument(
-                f"{model}: input {name!r} contains NaN or infinite values; only finite values "
-                "are allowed"
-            )
+            field = CONTENTS_FIELDS[spec.datatype]
+            values = getattr(tensor.contents, field)
+            array = from_values(model, spec, shape, count, values, f"contents.{field}")
+        check_finite(model, name, array)
         arrays[name] = array
     if len(arrays) < len(sig.inputs):
-        missing = [spec for spec in sig.inputs if not spec.optional and spec.name not in arrays]
-        if missing:
-            raise InvalidArgument(
-                f"{model}: missing input {describe(missing)}; its inputs are {describe(sig.inputs)}"
-            )
+        check_complete(model, sig, arrays)
     return arrays
 
 
 def requested_outputs(request: pb.ModelInferRequest, sig: Signature) -> tuple[str, ...]:
     """The outputs to send back: those the request names, in its order, or else all of them."""
-    if not request.outputs:
-        return sig.output_names
-    names = tuple(output.name for output in request.outputs)
-    for name in names:
-        if name not in sig.output_names:
-            raise InvalidArgument(
-                f"{request.model_name}: no output named {name!r}; its outputs are "
-                f"{describe(sig.outputs)}"
-            )
-    return names
+    return pick_outputs(request.model_name, sig, [output.name for output in request.outputs])
 
 
 def add_output(response: pb.ModelInferResponse, name: str, array: np.ndarray) -> None:
