@@ -105,6 +105,14 @@ class CallRunner:
                 return str(value)
         return f"{self._id_prefix}{next(self._ids):08x}"
 
+    def _begin(self, context: grpc.aio.ServicerContext) -> str:
+        """A gRPC call's request id: the caller's x-request-id or a new one, set for the call's log
+        lines (this task's context only) and sent back in the trailing metadata."""
+        rid = self._request_id(context)
+        request_id.set(rid)
+        context.set_trailing_metadata((("x-request-id", rid),))
+        return rid
+
     # --- metrics --------------------------------------------------------------------------------
 
     def flush(self) -> None:
@@ -153,11 +161,11 @@ class CallRunner:
                 self._flush_due.cancel()
             self._flush_due = asyncio.get_running_loop().call_soon(self.flush)
 
-    # --- calls of other fronts (HTTP) ------------------------------------------------------------
+    # --- every call, of every front --------------------------------------------------------------
 
     def enter(self) -> float:
-        """A call of another front begins: tracked for the drain, metrics folded as for gRPC calls;
-        returns its start time for `leave`."""
+        """A call begins (a gRPC call here, or a call of another front, e.g. HTTP): tracked for the
+        drain, its metrics folded within FLUSH_SECONDS; returns its start time for `leave`."""
         self.tracker.enter()
         if self._flush_due is None:
             self._flush_later()
@@ -174,20 +182,14 @@ class CallRunner:
         """The handler of one RPC: request id, drain refusal, the model of `request.model` (a vae.v1
         ModelRef) when `lookup`, metrics and error mapping around `work(model, request, context)`.
         Also serves server-streaming methods, whose work writes to the context and returns None."""
-        tracker = self.tracker
         if lookup and self.store is None:
             raise ValueError(f"{rpc}: looking up models needs the CallRunner's store")
         store: ModelStore = self.store  # type: ignore[assignment]  # only read when lookup
 
         async def handle(request: Any, context: grpc.aio.ServicerContext) -> Any:
-            rid = self._request_id(context)
-            request_id.set(rid)  # this task's context only: every log line of the call carries it
-            context.set_trailing_metadata((("x-request-id", rid),))
+            rid = self._begin(context)
             model_name, code = "", "OK"
-            tracker.enter()
-            if self._flush_due is None:
-                self._flush_later()
-            started = time.perf_counter()
+            started = self.enter()
             try:
                 if self.draining:
                     raise Unavailable(DRAINING)
@@ -206,8 +208,7 @@ class CallRunner:
                 await _answer_failure(rpc, context, exc, code, rid)
                 raise
             finally:
-                tracker.leave()
-                self._record(rpc, model_name, code, started)
+                self.leave(rpc, model_name, code, started)
 
         handle.__name__ = rpc
         return handle
@@ -221,14 +222,9 @@ class CallRunner:
     ) -> Response:
         """One RPC whose model is found by `resolve` (None for calls about no model); what `unary`
         does, for servicers whose requests name the model otherwise (the Open Inference Protocol)."""
-        rid = self._request_id(context)
-        request_id.set(rid)
-        context.set_trailing_metadata((("x-request-id", rid),))
+        rid = self._begin(context)
         model_name, code = "", "OK"
-        self.tracker.enter()
-        if self._flush_due is None:
-            self._flush_later()
-        started = time.perf_counter()
+        started = self.enter()
         try:
             if self.draining:
                 raise Unavailable(DRAINING)
@@ -242,8 +238,7 @@ class CallRunner:
             await _answer_failure(rpc, context, exc, code, rid)
             raise
         finally:
-            self.tracker.leave()
-            self._record(rpc, model_name, code, started)
+            self.leave(rpc, model_name, code, started)
 
 
 def _is_abort(exc: BaseException) -> bool:
