@@ -21,6 +21,7 @@ import statistics
 import subprocess
 import sys
 import time
+from collections.abc import Awaitable, Callable
 from pathlib import Path
 from typing import Any
 
@@ -121,31 +122,43 @@ def infer_body(rows: int, dim: int, binary: bool) -> tuple[bytes, dict[str, str]
     return header + data, {"Inference-Header-Content-Length": str(len(header))}
 
 
+async def closed_loop(
+    call: Callable[[], Awaitable[None]], clients: int, rows: int, seconds: float
+) -> float:
+    """`clients` callers each awaiting `call()` again as soon as it returns; rows per second over
+    `seconds` measured after one second of warm-up."""
+    counted, state = [0], {"measuring": False, "stop": False}
+
+    async def loop() -> None:
+        while not state["stop"]:
+            await call()
+            if state["measuring"]:
+                counted[0] += rows
+
+    tasks = [asyncio.create_task(loop()) for _ in range(clients)]
+    await asyncio.sleep(1.0)
+    state["measuring"], start = True, time.perf_counter()
+    await asyncio.sleep(seconds)
+    state["measuring"], elapsed = False, time.perf_counter() - start
+    state["stop"] = True
+    await asyncio.gather(*tasks)
+    return counted[0] / elapsed
+
+
 async def http_load(
     url: str, body: bytes, headers: dict[str, str], clients: int, rows: int, seconds: float
 ) -> float:
     """Samples/s of `clients` concurrent loops posting `body`, after a 1 s warm-up."""
     connector = aiohttp.TCPConnector(limit=clients)
     async with aiohttp.ClientSession(connector=connector) as session:
-        counted, state = [0], {"measuring": False, "stop": False}
 
-        async def loop() -> None:
-            while not state["stop"]:
-                async with session.post(url, data=body, headers=headers) as response:
-                    await response.read()
-                    if response.status != 200:
-                        raise RuntimeError(f"{response.status}: {await response.text()}")
-                if state["measuring"]:
-                    counted[0] += rows
+        async def call() -> None:
+            async with session.post(url, data=body, headers=headers) as response:
+                await response.read()
+                if response.status != 200:
+                    raise RuntimeError(f"{response.status}: {await response.text()}")
 
-        tasks = [asyncio.create_task(loop()) for _ in range(clients)]
-        await asyncio.sleep(1.0)
-        state["measuring"], start = True, time.perf_counter()
-        await asyncio.sleep(seconds)
-        state["measuring"], elapsed = False, time.perf_counter() - start
-        state["stop"] = True
-        await asyncio.gather(*tasks)
-        return counted[0] / elapsed
+        return await closed_loop(call, clients, rows, seconds)
 
 
 async def grpc_load(address: str, model: str, rows: int, dim: int, clients: int, seconds: float):
@@ -157,22 +170,11 @@ async def grpc_load(address: str, model: str, rows: int, dim: int, clients: int,
     request.raw_input_contents.append(z.tobytes())
     async with grpc.aio.insecure_channel(address) as channel:
         stub = pb_grpc.GRPCInferenceServiceStub(channel)
-        counted, state = [0], {"measuring": False, "stop": False}
 
-        async def loop() -> None:
-            while not state["stop"]:
-                await stub.ModelInfer(request)
-                if state["measuring"]:
-                    counted[0] += rows
+        async def call() -> None:
+            await stub.ModelInfer(request)
 
-        tasks = [asyncio.create_task(loop()) for _ in range(clients)]
-        await asyncio.sleep(1.0)
-        state["measuring"], start = True, time.perf_counter()
-        await asyncio.sleep(seconds)
-        state["measuring"], elapsed = False, time.perf_counter() - start
-        state["stop"] = True
-        await asyncio.gather(*tasks)
-        return counted[0] / elapsed
+        return await closed_loop(call, clients, rows, seconds)
 
 
 async def png_latency(http_url: str, address: str, model: str, calls: int) -> dict[str, float]:
